@@ -22,7 +22,7 @@ void check_invariants(const std::vector<int32_t>& sel, int64_t n, const SelectOp
   for (size_t i = 0; i < sel.size(); ++i) {
     ASSERT_GE(sel[i], 0);
     ASSERT_LT(sel[i], n);
-    if (i > 0) ASSERT_LT(sel[i - 1], sel[i]) << "not strictly increasing at " << i;
+    if (i > 0) { ASSERT_LT(sel[i - 1], sel[i]) << "not strictly increasing at " << i; }
   }
   const std::set<int32_t> s(sel.begin(), sel.end());
   EXPECT_TRUE(s.count(int32_t(n - 1))) << "newest token missing";
