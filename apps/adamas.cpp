@@ -1,0 +1,88 @@
+// The `adamas` command: subcommands over the library. Errors print one line naming the problem and exit 1.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "apps.h"
+
+namespace adamas::app {
+
+DType parse_dtype(const std::string& name) {
+  for (DType d : {DType::f32, DType::f16, DType::bf16})
+    if (name == dtype_name(d)) return d;
+  fail(ErrorKind::invalid_argument, "unknown dtype '{}' (expected f32, f16 or bf16)", name);
+}
+
+void write_json(const std::string& path, const nlohmann::json& value) {
+  std::ofstream f(path);
+  ADAMAS_CHECK(f.good(), ErrorKind::io, "cannot write {}", path);
+  f << value.dump(2) << "\n";
+  ADAMAS_CHECK(f.good(), ErrorKind::io, "writing {} failed", path);
+}
+
+namespace {
+
+void print_info() {
+  const AttentionConfig c;
+  fmt::print("adamas {}: Adamas sparse attention (Hadamard + 2-bit codes + L1 top-k)\n", ADAMAS_VERSION);
+  fmt::print("attention defaults:\n");
+  fmt::print("  method          {}\n", method_name(c.method));
+  fmt::print("  budget          {}\n", c.budget);
+  fmt::print("  sink / window   {} / {}\n", c.sink, c.window);
+  fmt::print("  group selection {}\n", group_selection_name(c.group));
+  fmt::print("  thresholds      ({}, {}, {}) fixed\n", c.thresholds.t0, c.thresholds.t1, c.thresholds.t2);
+  fmt::print("  streaming sinks {}\n", c.streaming_sink);
+  fmt::print("  head_dim        powers of two in [16, 512]\n");
+}
+
+}  // namespace
+}  // namespace adamas::app
+
+int main(int argc, char** argv) {
+  using namespace adamas::app;
+  CLI::App app{"adamas: long-context LLM inference with Adamas sparse attention"};
+  app.require_subcommand(1);
+
+  auto* info = app.add_subcommand("info", "print the library's defaults");
+
+  auto* bench = app.add_subcommand("bench", "benchmarks");
+  bench->require_subcommand(1);
+  BenchAttentionArgs ba;
+  auto* battn = bench->add_subcommand("attention", "one layer's decode attention: dense vs Adamas");
+  battn->add_option("--device", ba.device, "cpu")->capture_default_str();
+  battn->add_option("--ctx", ba.contexts, "context lengths")->delimiter(',')->capture_default_str();
+  battn->add_option("--budget", ba.budgets, "token budgets")->delimiter(',')->capture_default_str();
+  battn->add_option("--heads", ba.heads, "query heads")->capture_default_str();
+  battn->add_option("--kv-heads", ba.kv_heads, "KV heads")->capture_default_str();
+  battn->add_option("--dim", ba.dim, "head_dim")->capture_default_str();
+  battn->add_option("--dtype", ba.dtype, "K/V storage: f32, f16, bf16")->capture_default_str();
+  battn->add_option("--iters", ba.iters, "timed steps per row (median)")->capture_default_str();
+  battn->add_option("--seed", ba.seed, "random seed")->capture_default_str();
+  battn->add_option("--json", ba.json, "also write the rows as JSON to this file");
+
+  DemoArgs da;
+  auto* demo = app.add_subcommand("demo", "sparse vs full attention on a synthetic 32K-token cache with planted keys");
+  demo->add_option("--tokens", da.tokens, "cached tokens")->capture_default_str();
+  demo->add_option("--budget", da.budget, "Adamas token budget")->capture_default_str();
+  demo->add_option("--planted", da.planted, "keys planted to match the query")->capture_default_str();
+  demo->add_option("--seed", da.seed, "random seed")->capture_default_str();
+  demo->add_option("--json", da.json, "also write the results as JSON to this file");
+
+  try {
+    app.parse(argc, argv);
+    if (info->parsed()) print_info();
+    if (battn->parsed()) return bench_attention(ba);
+    if (demo->parsed()) return demo_synthetic(da);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const adamas::Error& e) {
+    fmt::print(stderr, "adamas: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "adamas: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
