@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <set>
@@ -436,6 +437,114 @@ void expect_error(F&& f, std::initializer_list<adamas::ErrorKind> kinds, std::in
   } catch (const std::exception& e) {
     ADD_FAILURE() << what << ": threw a non-adamas exception: " << e.what();
   }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Decode steps: a query whose rotated coordinates sit well inside their buckets (so the library's f32 rotation
+// and the double reference give the same query code), and a whole decode input set.
+// ------------------------------------------------------------------------------------------------------------
+
+// A value inside bucket c of t, at least 15% of the smallest threshold gap away from every threshold.
+inline double point_in_bucket(std::mt19937& rng, int c, const Thresholds& t) {
+  const double gap = std::min(double(t.t1) - t.t0, double(t.t2) - t.t1), margin = 0.15 * gap;
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  switch (c) {
+    case 0: return t.t0 - margin - u(rng) * 2 * gap;
+    case 1: return t.t0 + margin + u(rng) * (double(t.t1) - t.t0 - 2 * margin);
+    case 2: return t.t1 + margin + u(rng) * (double(t.t2) - t.t1 - 2 * margin);
+    default: return t.t2 + margin + u(rng) * 2 * gap;
+  }
+}
+
+// q = H r (H is its own inverse) with r chosen inside random buckets: the rotation of q is r.
+inline std::vector<float> query_off_thresholds(std::mt19937& rng, int64_t d, const Thresholds& t) {
+  std::vector<double> r(static_cast<size_t>(d));
+  for (auto& x : r) x = point_in_bucket(rng, int(rng() % 4), t);
+  const auto q = hadamard(r);
+  return std::vector<float>(q.begin(), q.end());
+}
+
+inline std::vector<uint8_t> query_code(const float* q, int64_t d, const Thresholds& t) {
+  std::vector<double> x(q, q + d);
+  return pack(bucketize(hadamard(x), t));
+}
+
+// Quest pages filled by brute force from the key values (capacity one page more than needed, rest NaN).
+inline void fill_pages(const Heads& k, Pages& pages) {
+  const int64_t ps = pages.view.page_size;
+  for (int64_t h = 0; h < k.heads; ++h)
+    for (int64_t p = 0; p * ps < k.tokens; ++p) {
+      const auto mn = page_min_max(k, h, p, ps, k.tokens, false), mx = page_min_max(k, h, p, ps, k.tokens, true);
+      for (int64_t i = 0; i < k.dim; ++i) {
+        pages.view.page_min(h, p)[i] = float(mn[size_t(i)]);
+        pages.view.page_max(h, p)[i] = float(mx[size_t(i)]);
+      }
+    }
+}
+
+struct DecodeCase {
+  int64_t d = 0, kv = 0, group = 0, n_heads = 0, tokens = 0;
+  Heads k, v;
+  Codes codes;
+  std::unique_ptr<Pages> pages;
+  std::vector<float> q;                 // [n_heads][d]
+  std::vector<Thresholds> query_thr;    // n_heads entries: the thresholds each head's query code uses
+  bool pass_query_thresholds = false;   // put query_thr in DecodeInputs (calibrated mode)
+
+  adamas::DecodeInputs inputs() const {
+    adamas::DecodeInputs in;
+    in.q = q.data();
+    in.n_heads = n_heads;
+    in.k = k.view();
+    in.v = v.view();
+    in.codes = codes.view();
+    in.pages = pages->view;
+    if (pass_query_thresholds) in.query_thresholds = query_thr;
+    return in;
+  }
+  const float* q_head(int64_t h) const { return &q[size_t(h * d)]; }
+  // The reference L1 distances of query head h to every key of its KV head.
+  std::vector<int> distances(int64_t h) const {
+    const auto qc = query_code(q_head(h), d, query_thr[size_t(h)]);
+    std::vector<int> dist(static_cast<size_t>(tokens));
+    for (int64_t j = 0; j < tokens; ++j) dist[size_t(j)] = l1(qc.data(), codes.row(h / group, j), d);
+    return dist;
+  }
+};
+
+// A decode step: K/V of `dtype` and `layout`, key codes encoded by the reference with `key_thr` (or random codes
+// when encode_keys is false: cheaper at long contexts, and decode never recomputes them), queries off-threshold
+// for `thr` (one per query head, or one for all).
+inline DecodeCase make_decode_case(std::mt19937& rng, DType dtype, Layout layout, int64_t d, int64_t kv,
+                                   int64_t group, int64_t tokens, const std::vector<Thresholds>& query_thr,
+                                   const Thresholds& key_thr, bool encode_keys = true) {
+  DecodeCase c;
+  c.d = d, c.kv = kv, c.group = group, c.n_heads = kv * group, c.tokens = tokens;
+  c.k = make_heads(rng, dtype, kv, tokens, d, layout);
+  c.v = make_heads(rng, dtype, kv, tokens, d, layout);
+  c.codes = make_codes(rng, kv, tokens, d, layout != Layout::contiguous);
+  if (encode_keys) encode_all(c.k, {key_thr}, c.codes);
+  c.pages = std::make_unique<Pages>(kv, (tokens + 15) / 16 + 1, d, 16);
+  fill_pages(c.k, *c.pages);
+  for (int64_t h = 0; h < c.n_heads; ++h) {
+    c.query_thr.push_back(query_thr.size() == 1 ? query_thr[0] : query_thr[size_t(h)]);
+    const auto qh = query_off_thresholds(rng, d, c.query_thr.back());
+    c.q.insert(c.q.end(), qh.begin(), qh.end());
+  }
+  return c;
+}
+
+// Runs decode_attention with a NaN-poisoned output.
+inline std::vector<float> run_decode(const DecodeCase& c, const adamas::AttentionConfig& cfg,
+                                     adamas::DecodeWorkspace& ws, adamas::DecodeTimings* timings = nullptr) {
+  std::vector<float> out(size_t(c.n_heads * c.d), NAN);
+  adamas::decode_attention(c.inputs(), cfg, ws, out.data(), timings);
+  return out;
+}
+
+inline std::vector<int32_t> last_selection(const adamas::DecodeWorkspace& ws, int64_t head) {
+  const auto s = adamas::last_selection(ws, head);
+  return std::vector<int32_t>(s.begin(), s.end());
 }
 
 }  // namespace ref
