@@ -7,22 +7,25 @@
 #include <vector>
 
 #include "adamas/attention.h"
+#include "core/huge_pages.h"
 
 namespace adamas::app {
 
 struct SyntheticCache {
   int64_t kv_heads = 0, tokens = 0, dim = 0;
   DType dtype = DType::f16;
-  std::vector<uint16_t> k16, v16;  // f16 / bf16 storage
-  std::vector<float> k32, v32;     // f32 storage
-  std::vector<uint8_t> codes;      // [kv_heads][tokens][dim / 4]
+  template <class T>
+  using Buffer = std::vector<T, HugePageAllocator<T>>;
+  Buffer<uint16_t> k16, v16;  // f16 / bf16 storage
+  Buffer<float> k32, v32;     // f32 storage
+  Buffer<uint8_t> codes;      // [kv_heads][tokens][dim / 4]
 
   HeadsView k() const { return view(k32, k16); }
   HeadsView v() const { return view(v32, v16); }
   CodesView code_view() const { return CodesView::contiguous(codes.data(), kv_heads, tokens, dim); }
 
  private:
-  HeadsView view(const std::vector<float>& f, const std::vector<uint16_t>& h) const {
+  HeadsView view(const Buffer<float>& f, const Buffer<uint16_t>& h) const {
     const void* data = dtype == DType::f32 ? static_cast<const void*>(f.data()) : h.data();
     return HeadsView::contiguous(data, dtype, kv_heads, tokens, dim);
   }

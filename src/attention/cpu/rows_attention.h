@@ -17,8 +17,10 @@ class RowsAttention {
   RowsAttention(const float* q, int64_t q_stride, int64_t n_rows, int64_t dim, float scale,
                 const int64_t* limits = nullptr);
 
-  // Fold in the keys/values of KV head `head` at the token indices idx[0..n), n <= kBlock.
-  void add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n);
+  // Fold in the keys/values of KV head `head` at the token indices idx[0..n), n <= kBlock; prefetches the rows
+  // next[0..next_n) that the following call will read.
+  void add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n,
+                 const int32_t* next = nullptr, int64_t next_n = 0);
   // Fold in tokens [begin, end) (any length).
   void add_range(const HeadsView& k, const HeadsView& v, int64_t head, int64_t begin, int64_t end);
   // Fold in the tokens idx[0..n) (any length).
@@ -38,7 +40,7 @@ class RowsAttention {
   float scale_;
   const int64_t* limits_;
   std::vector<float> m_, l_, acc_;
-  std::vector<float> kt_, vt_, s_, p_;  // block scratch: K and V rows in f32, scores, probabilities
+  std::vector<float> kt_, vt_, s_, p_, corr_;  // block scratch: K, V rows in f32; per row scores, probabilities, rescale
 };
 
 // Merge `parts` partial states (max m, sum l, accumulator acc[dim]) of one query row into out[dim].

@@ -2,6 +2,10 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "adamas/attention.h"
 #include "attention/cpu/validate.h"
 
@@ -64,14 +68,25 @@ int64_t select_topk(const uint16_t* distances, int64_t n, int max_distance, cons
   int64_t count = 0;
   for (int64_t s = 0; s < sink; ++s) out[count++] = int32_t(s);
   int64_t skip = ties - take;  // the oldest ties are dropped
-  for (int64_t j = sink; j < tail; ++j) {
+  auto keep = [&](int64_t j) {
     const int64_t d = distances[j];
     if (d < cut) {
       out[count++] = int32_t(j);
     } else if (d == cut) {
       if (skip > 0) --skip; else out[count++] = int32_t(j);
     }
+  };
+  int64_t j = sink;
+#if defined(__AVX2__)
+  // Few tokens pass (budget out of n): test 16 distances at once and only look closer where one is <= cut.
+  const __m256i limit = _mm256_set1_epi16(int16_t(std::min<int64_t>(cut + 1, 32767)));
+  for (; j + 16 <= tail; j += 16) {
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(distances + j));
+    if (cut >= 32767 || _mm256_movemask_epi8(_mm256_cmpgt_epi16(limit, d)) != 0)
+      for (int64_t u = j; u < j + 16; ++u) keep(u);
   }
+#endif
+  for (; j < tail; ++j) keep(j);
   for (int64_t j = tail; j < n; ++j) out[count++] = int32_t(j);
   return count;
 }
