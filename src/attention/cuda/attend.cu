@@ -1,0 +1,311 @@
+// Decode attention on the GPU: one kernel for dense (all tokens, flash-decoding split-K) and sparse (the selected
+// rows) attention. A block takes a chunk of rows of one unit (a query head, or a GQA group sharing its rows) in
+// sub-chunks of S rows: scores (16-byte K loads, lanes of a row reduce by shuffles), online softmax, V
+// accumulation (16-byte V loads), then a partial (max, sum, acc) per chunk; the last block of a unit merges them,
+// so every call is one launch.
+#include <algorithm>
+#include <cmath>
+
+#include "attention/cuda/common.cuh"
+#include "attention/cuda/launch.h"
+
+namespace adamas::cuda {
+namespace detail {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int S = 64;  // rows per sub-chunk
+
+struct AttendParams {
+  BatchDesc bd;
+  const float* q;  // [batch][n_heads][D]
+  int n_heads, kv_heads, group;
+  float qscale;  // scale * log2(e): scores in base-2 exponent units
+  const int32_t* idx;  // selection rows, or null (dense)
+  int64_t cap;
+  int shared_sel, budget;
+  int chunk, max_chunks, units;
+  float* part;  // [batch][n_heads][max_chunks][D + 2]
+  uint32_t* done;  // [batch][units]
+  float* out;  // [batch][n_heads][D]
+};
+
+template <int D, int G, class T>
+__global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant__ AttendParams p) {
+  constexpr int LPR = D / 8;  // lanes per row: 8 elements (16 bytes) each
+  constexpr int RPW = 32 / LPR;  // rows per warp per pass
+  constexpr int U = S / (kWarps * RPW);  // K loads in flight per lane
+  constexpr int NRG = kThreads / LPR;  // row groups of the V pass
+  constexpr int VR = S / NRG;  // V loads in flight per thread
+  static_assert(U >= 1 && VR >= 1, "tile shape");
+
+  __shared__ float s_p[G][S];
+  __shared__ int s_row[S];
+  __shared__ float s_m[G], s_l[G], s_alpha[G];
+  __shared__ float red[NRG][D];
+  __shared__ int s_last;
+
+  const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
+  const SeqDesc& sq = p.bd.seq[b];
+  const int64_t n = sq.n;
+  int kvh, qh0;
+  if constexpr (G > 1) {
+    kvh = unit, qh0 = unit * G;
+  } else {
+    qh0 = unit, kvh = unit / p.group;
+  }
+  const int32_t* sel = nullptr;
+  int64_t nrows = n;
+  if (p.idx) {
+    sel = p.idx + (int64_t(b) * (p.shared_sel ? p.kv_heads : p.n_heads) + (p.shared_sel ? kvh : qh0)) * p.cap;
+    nrows = min(int64_t(p.budget), n);
+  }
+  const int nchunks = int((nrows + p.chunk - 1) / p.chunk);
+  if (chunk >= nchunks) return;
+  const int64_t r_begin = int64_t(chunk) * p.chunk, r_end = min(nrows, r_begin + p.chunk);
+  const T* K = static_cast<const T*>(sq.k) + kvh * sq.k_head;
+  const T* V = static_cast<const T*>(sq.v) + kvh * sq.v_head;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int cl = lane % LPR, sub = lane / LPR;
+  const int rg = tid / LPR;  // V pass: row group; its columns are cl * 8 .. cl * 8 + 8 as well (tid % LPR == cl)
+  float qf[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float* qr = p.q + (int64_t(b) * p.n_heads + qh0 + g) * D + cl * 8;
+    const float4 a = *reinterpret_cast<const float4*>(qr);
+    const float4 c = *reinterpret_cast<const float4*>(qr + 4);
+    qf[g][0] = a.x * p.qscale, qf[g][1] = a.y * p.qscale, qf[g][2] = a.z * p.qscale, qf[g][3] = a.w * p.qscale;
+    qf[g][4] = c.x * p.qscale, qf[g][5] = c.y * p.qscale, qf[g][6] = c.z * p.qscale, qf[g][7] = c.w * p.qscale;
+  }
+  if (tid < G) s_m[tid] = -INFINITY, s_l[tid] = 0.0f;
+  float acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[g][c] = 0.0f;
+
+  for (int64_t s0 = r_begin; s0 < r_end; s0 += S) {
+    // Scores of S rows.
+    uint4 kr[U];
+    bool valid[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int lr = u * (kWarps * RPW) + warp * RPW + sub;
+      const int64_t r = s0 + lr;
+      valid[u] = r < r_end;
+      int64_t row = 0;
+      if (valid[u]) row = sel ? int64_t(__ldg(sel + r)) : r;
+      if (cl == 0) s_row[lr] = int(row);
+      kr[u] = valid[u] ? ld16(K + row * sq.k_tok + cl * 8) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int lr = u * (kWarps * RPW) + warp * RPW + sub;
+      float kf[8];
+      cvt8<T>(kr[u], kf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float d = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) d = fmaf(qf[g][c], kf[c], d);
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o /= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (cl == 0) s_p[g][lr] = valid[u] ? d : -INFINITY;
+      }
+    }
+    __syncthreads();
+    // Online softmax: warp g updates head g's running max and sum, turns scores into weights.
+    if (warp < G) {
+      float v[S / 32];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < S / 32; ++i) v[i] = s_p[warp][lane + 32 * i], mx = fmaxf(mx, v[i]);
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_old = s_m[warp];
+      const float m_new = fmaxf(m_old, mx);
+      const float alpha = exp2f(m_old - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < S / 32; ++i) {
+        const float e = exp2f(v[i] - m_new);
+        s_p[warp][lane + 32 * i] = e;
+        sum += e;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (lane == 0) s_l[warp] = s_l[warp] * alpha + sum, s_m[warp] = m_new, s_alpha[warp] = alpha;
+    }
+    __syncthreads();
+    // V accumulation.
+    uint4 vr[VR];
+#pragma unroll
+    for (int k = 0; k < VR; ++k) {
+      const int lr = rg + k * NRG;
+      vr[k] = s0 + lr < r_end ? ld16(V + int64_t(s_row[lr]) * sq.v_tok + cl * 8) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float a = s_alpha[g];
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[g][c] *= a;
+    }
+#pragma unroll
+    for (int k = 0; k < VR; ++k) {
+      const int lr = rg + k * NRG;
+      float vf[8];
+      cvt8<T>(vr[k], vf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float w = s_p[g][lr];
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[g][c] = fmaf(w, vf[c], acc[g][c]);
+      }
+    }
+    __syncthreads();
+  }
+
+  // Reduce the row groups; write the output (one chunk) or this chunk's partial.
+  float* part_base = p.part + (int64_t(b) * p.n_heads + qh0) * p.max_chunks * (D + 2);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int c = 0; c < 8; ++c) red[rg][cl * 8 + c] = acc[g][c];
+    __syncthreads();
+    if (tid < D) {
+      float v = 0.0f;
+#pragma unroll 8
+      for (int i = 0; i < NRG; ++i) v += red[i][tid];
+      if (nchunks == 1) {
+        p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + tid] = v / s_l[g];
+      } else {
+        float* pp = part_base + (int64_t(g) * p.max_chunks + chunk) * (D + 2);
+        pp[2 + tid] = v;
+        if (tid == 0) pp[0] = s_m[g], pp[1] = s_l[g];
+      }
+    }
+    __syncthreads();
+  }
+  if (nchunks == 1) return;
+  __threadfence();
+  __syncthreads();
+  uint32_t* done = p.done + int64_t(b) * p.units + unit;
+  if (tid == 0) s_last = atomicAdd(done, 1u) == uint32_t(nchunks - 1);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  for (int g = 0; g < G; ++g) {
+    const float* pp = part_base + int64_t(g) * p.max_chunks * (D + 2);
+    float M = -INFINITY;
+    for (int c = 0; c < nchunks; ++c) M = fmaxf(M, __ldcg(pp + c * (D + 2)));
+    if (tid < D) {
+      float L = 0.0f, v = 0.0f;
+      for (int c = 0; c < nchunks; ++c) {
+        const float w = exp2f(__ldcg(pp + c * (D + 2)) - M);
+        L += w * __ldcg(pp + c * (D + 2) + 1);
+        v += w * __ldcg(pp + c * (D + 2) + 2 + tid);
+      }
+      p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + tid] = v / L;
+    }
+  }
+  if (tid == 0) *done = 0;
+}
+
+template <int D, int G>
+void launch_dg(const AttendParams& p, DType dtype, dim3 grid, cudaStream_t stream) {
+  if (dtype == DType::f16) attend_kernel<D, G, __half><<<grid, kThreads, 0, stream>>>(p);
+  else attend_kernel<D, G, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
+  launch_check("attend kernel launch");
+}
+
+template <int D>
+void launch_d(const AttendParams& p, int G, DType dtype, dim3 grid, cudaStream_t stream) {
+  switch (G) {
+    case 1: launch_dg<D, 1>(p, dtype, grid, stream); break;
+    case 2: launch_dg<D, 2>(p, dtype, grid, stream); break;
+    case 4: launch_dg<D, 4>(p, dtype, grid, stream); break;
+    case 8: launch_dg<D, 8>(p, dtype, grid, stream); break;
+  }
+}
+
+// sel == null: dense. Otherwise rows from the selection (`budget` bounds a unit's rows).
+void run_attention(const BatchInputs& in, const SelectionView* sel, int64_t budget, float scale, Workspace& ws,
+                   float* out, cudaStream_t stream, const char* where) {
+  CUDA_REQUIRE(out != nullptr, ErrorKind::invalid_argument, where, ": out is null");
+  const auto chunks = make_batches(in, false, where);
+  const HeadsView& k0 = in.seqs[0].k;
+  const int D = int(k0.dim), kvh = int(k0.heads), n_heads = int(in.n_heads), group = n_heads / kvh;
+  // Heads per block: the whole group when its heads share rows (dense, shared selection), else one.
+  const int G = (!sel || sel->shared) ? group : 1;
+  const int units = G > 1 ? kvh : n_heads;
+  const int64_t batch = int64_t(in.seqs.size());
+  auto& Sx = ws.state();
+  int64_t rows_max = 0;
+  for (const auto& s : in.seqs) rows_max = std::max(rows_max, sel ? std::min(budget, s.k.tokens) : s.k.tokens);
+  // Split over rows so that about 4 blocks per multiprocessor run; chunks are whole sub-chunks.
+  const int64_t target = 4 * int64_t(Sx.sms);
+  const int64_t per_unit = std::max<int64_t>(1, (target + batch * units - 1) / (batch * units));
+  int64_t chunk = (rows_max + per_unit - 1) / per_unit;
+  chunk = std::max<int64_t>(S, (chunk + S - 1) / S * S);
+  const int max_chunks = int((rows_max + chunk - 1) / chunk);
+  ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
+  ensure(&Sx.done, &Sx.done_bytes, size_t(batch * units) * 4, true);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const int64_t b0 = int64_t(c) * kMaxBatch;
+    AttendParams p{};
+    p.bd = chunks[c];
+    p.q = in.q + b0 * n_heads * D;
+    p.n_heads = n_heads, p.kv_heads = kvh, p.group = group;
+    p.qscale = scale * 1.4426950408889634f;
+    if (sel) {
+      p.idx = sel->indices + b0 * sel->units * sel->capacity;
+      p.cap = sel->capacity;
+      p.shared_sel = sel->shared;
+      p.budget = int(budget);
+    }
+    p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = units;
+    p.part = Sx.part + b0 * n_heads * max_chunks * (D + 2);
+    p.done = Sx.done + b0 * units;
+    p.out = out + b0 * n_heads * D;
+    const dim3 grid(unsigned(max_chunks), unsigned(units), unsigned(p.bd.batch));
+    switch (D) {
+      case 64: launch_d<64>(p, G, k0.dtype, grid, stream); break;
+      case 128: launch_d<128>(p, G, k0.dtype, grid, stream); break;
+      case 256: launch_d<256>(p, G, k0.dtype, grid, stream); break;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+void attend_selected(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float scale, float* out,
+                     cudaStream_t stream) {
+  const SelectionView& sel = ws.state().last;
+  CUDA_REQUIRE(sel.indices != nullptr && sel.batch == int64_t(in.seqs.size()), ErrorKind::invalid_argument, "cuda::attend_selected: the workspace holds no selection for this batch (call select first)");
+  detail::run_attention(in, &sel, config.budget, scale, ws, out, stream, "cuda::attend_selected");
+}
+
+void attend_dense(const BatchInputs& in, float scale, Workspace& ws, float* out, cudaStream_t stream) {
+  detail::run_attention(in, nullptr, 0, scale, ws, out, stream, "cuda::attend_dense");
+}
+
+void decode_attention(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float* out,
+                      cudaStream_t stream) {
+  validate_config(config);
+  CUDA_REQUIRE(config.method == Method::full || config.method == Method::adamas, ErrorKind::unsupported, "cuda::decode_attention: method ", method_name(config.method), " is not implemented on CUDA (full, adamas)");
+  CUDA_REQUIRE(!in.seqs.empty(), ErrorKind::invalid_argument, "cuda::decode_attention: empty batch");
+  const float scale = 1.0f / std::sqrt(float(in.seqs[0].k.dim));
+  bool dense = config.method == Method::full;
+  if (!dense) {
+    dense = true;
+    for (const auto& s : in.seqs) dense = dense && s.k.tokens <= config.budget;
+  }
+  if (dense) return attend_dense(in, scale, ws, out, stream);
+  select(in, config, ws, stream);
+  attend_selected(in, config, ws, scale, out, stream);
+}
+
+}  // namespace adamas::cuda

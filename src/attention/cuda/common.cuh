@@ -1,0 +1,192 @@
+// Shared device helpers of the CUDA backend (internal): sequence descriptors, dtype loads, the warp Hadamard
+// transform and bucketizer, the L1 word arithmetic on packed codes.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <sstream>
+#include <type_traits>
+
+#include "adamas/cuda_attention.h"
+
+namespace adamas::cuda::detail {
+
+// Argument checks for .cu files (nvcc's front end cannot compile fmt's checked format strings, core/check.h).
+template <class... Parts>
+[[noreturn]] void raise(ErrorKind kind, const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  throw Error(kind, os.str());
+}
+#define CUDA_REQUIRE(cond, kind, ...)                                   \
+  do {                                                                  \
+    if (!(cond)) ::adamas::cuda::detail::raise(kind, __VA_ARGS__);      \
+  } while (0)
+
+constexpr int kMaxBatch = 64;  // sequences per launch (kernel parameter arrays); larger batches are chunked
+
+// One sequence of a batch, as the kernels see it (strides in elements; codes in bytes).
+struct SeqDesc {
+  const void* k;
+  const void* v;
+  const uint8_t* codes;
+  int64_t n;  // tokens
+  int64_t k_head, k_tok, v_head, v_tok, c_head, c_tok;
+};
+
+struct BatchDesc {
+  SeqDesc seq[kMaxBatch];
+  int batch;
+};
+
+struct Thr {
+  float t0, t1, t2;
+};
+static_assert(sizeof(Thresholds) == sizeof(Thr), "Thresholds must be three packed floats");
+
+inline void launch_check(const char* what) { check_cuda(cudaGetLastError(), what); }
+
+// ---- dtype helpers ------------------------------------------------------------------------------------------
+
+template <class T>
+__device__ __forceinline__ float to_f32(T x);
+template <>
+__device__ __forceinline__ float to_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ float to_f32<__half>(__half x) { return __half2float(x); }
+template <>
+__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Eight consecutive elements from a 16-byte aligned address, as f32.
+template <class T>
+__device__ __forceinline__ void load8(const T* p, float (&out)[8]);
+template <>
+__device__ __forceinline__ void load8<__half>(const __half* p, float (&out)[8]) {
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+template <>
+__device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float (&out)[8]) {
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+// Raw 16-byte load, converted later (lets several loads be in flight before the first use).
+template <class T>
+__device__ __forceinline__ uint4 ld16(const T* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+template <class T>
+__device__ __forceinline__ void cvt8(const uint4& u, float (&out)[8]) {
+  if constexpr (sizeof(T) == 2) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t w = (&u.x)[i];
+      if constexpr (std::is_same_v<T, __half>) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+        out[2 * i] = f.x, out[2 * i + 1] = f.y;
+      } else {
+        out[2 * i] = __uint_as_float(w << 16);
+        out[2 * i + 1] = __uint_as_float(w & 0xffff0000u);
+      }
+    }
+  }
+}
+
+// ---- Hadamard + bucketize, one warp per vector -----------------------------------------------------------------
+// Lane l holds elements [l*E, l*E + E), E = D / 32. The butterflies run in the CPU's order (stride 1, 2, 4, ...),
+// each a single f32 add or subtract, then one multiply by the same f32 scale: bit-identical to the CPU.
+
+template <int D>
+__device__ __forceinline__ void warp_hadamard(float (&x)[D / 32], float scale) {
+  constexpr int E = D / 32;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h = 1; h < E; h *= 2) {
+#pragma unroll
+    for (int i = 0; i < E; i += 2 * h) {
+#pragma unroll
+      for (int j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = __fadd_rn(a, b);
+        x[j + h] = __fsub_rn(a, b);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 1; m < 32; m *= 2) {
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const float other = __shfl_xor_sync(0xffffffffu, x[j], m);
+      x[j] = (lane & m) ? __fsub_rn(other, x[j]) : __fadd_rn(x[j], other);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < E; ++j) x[j] = __fmul_rn(x[j], scale);
+}
+
+__device__ __forceinline__ uint32_t bucket(float x, const Thr& t) {
+  return uint32_t(x > t.t0) + uint32_t(x > t.t1) + uint32_t(x > t.t2);
+}
+
+// Loads this lane's E elements of a vector of type T (any alignment of 2/4 bytes).
+template <int D, class T>
+__device__ __forceinline__ void load_lane(const T* row, float (&x)[D / 32]) {
+  constexpr int E = D / 32;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < E; ++j) x[j] = to_f32<T>(row[lane * E + j]);
+}
+
+// Encodes the vector held by the warp and writes its D/4 code bytes to `out` (global or shared).
+template <int D>
+__device__ __forceinline__ void warp_encode_store(float (&x)[D / 32], const Thr& t, uint8_t* out) {
+  constexpr int E = D / 32;
+  const int lane = threadIdx.x & 31;
+  uint32_t bits = 0;  // this lane's E codes, 2 bits each, element order
+#pragma unroll
+  for (int j = 0; j < E; ++j) bits |= bucket(x[j], t) << (2 * j);
+  if constexpr (E == 2) {  // half a byte per lane: pairs of lanes make a byte
+    const uint32_t hi = __shfl_down_sync(0xffffffffu, bits, 1);
+    if ((lane & 1) == 0) out[lane / 2] = uint8_t(bits | (hi << 4));
+  } else if constexpr (E == 4) {
+    out[lane] = uint8_t(bits);
+  } else if constexpr (E == 8) {
+    out[2 * lane] = uint8_t(bits);
+    out[2 * lane + 1] = uint8_t(bits >> 8);
+  }
+}
+
+// ---- L1 on packed codes ----------------------------------------------------------------------------------------
+// A 2-bit code c is the thermometer (c >= 1, c >= 2, c >= 3); |a - b| = number of differing thermometer bits.
+// For a word of 16 codes (low bit l at even positions, high bit h at odd ones): c>=1 = h|l, c>=2 = h, c>=3 = h&l.
+// P packs (c>=1) at the even positions and (c>=3) at the odd ones; c>=2 is the raw word's odd bits.
+// dist(word) = popc(Pq ^ Pk) + popc((wq ^ wk) & 0xAAAAAAAA).
+
+__device__ __forceinline__ uint32_t therm_pack(uint32_t w) {
+  return ((w | (w >> 1)) & 0x55555555u) | (w & (w << 1) & 0xAAAAAAAAu);
+}
+__host__ __device__ inline uint32_t therm_pack_host(uint32_t w) {
+  return ((w | (w >> 1)) & 0x55555555u) | (w & (w << 1) & 0xAAAAAAAAu);
+}
+
+__device__ __forceinline__ int word_l1(uint32_t pq, uint32_t wq, uint32_t pk, uint32_t wk) {
+  return __popc(pq ^ pk) + __popc((wq ^ wk) & 0xAAAAAAAAu);
+}
+
+}  // namespace adamas::cuda::detail

@@ -1,0 +1,67 @@
+// Host-side internals of the CUDA backend: argument checks, batch descriptors, the workspace state.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "adamas/cuda_attention.h"
+#include "attention/cuda/common.cuh"
+
+namespace adamas::cuda::detail {
+
+inline void check_supported_dim(int64_t dim, const char* where) {
+  CUDA_REQUIRE(dim == 64 || dim == 128 || dim == 256, ErrorKind::unsupported, where, ": head_dim ", dim, " is not supported on CUDA (64, 128 or 256)");
+}
+
+struct RowInfo {
+  int cut;   // distances < cut are kept
+  int skip;  // the oldest `skip` ties (distance == cut) of the middle are dropped
+  int ties;  // number of middle tokens at distance == cut
+  int pad;
+};
+
+// Checks a batch and returns its descriptor chunks (kMaxBatch sequences each).
+std::vector<BatchDesc> make_batches(const BatchInputs& in, bool need_codes, const char* where);
+
+}  // namespace adamas::cuda::detail
+
+namespace adamas::cuda {
+
+struct Workspace::State {
+  int sms = 0;
+  // selection
+  uint16_t* dist = nullptr;
+  size_t dist_bytes = 0;
+  uint32_t* hist = nullptr;  // zero between launches (the last block of a row clears it)
+  size_t hist_bytes = 0;
+  uint32_t* row_done = nullptr;  // zero between launches
+  size_t row_done_bytes = 0;
+  detail::RowInfo* info = nullptr;
+  size_t info_bytes = 0;
+  unsigned long long* status = nullptr;  // look-back tile states, tagged with `epoch`
+  size_t status_bytes = 0;
+  uint32_t* tile_ctr = nullptr;  // zero between launches
+  size_t tile_ctr_bytes = 0;
+  uint32_t epoch = 0;
+  int32_t* idx = nullptr;
+  size_t idx_bytes = 0;
+  int32_t* counts = nullptr;
+  size_t counts_bytes = 0;
+  SelectionView last{};
+  // attention
+  float* part = nullptr;
+  size_t part_bytes = 0;
+  uint32_t* done = nullptr;  // zero between launches
+  size_t done_bytes = 0;
+};
+
+namespace detail {
+// Grows a device buffer to at least `bytes` (contents lost); zero-fills when asked.
+void ensure(void** ptr, size_t* have, size_t bytes, bool zero);
+template <class T>
+void ensure(T** ptr, size_t* have, size_t bytes, bool zero) {
+  ensure(reinterpret_cast<void**>(ptr), have, bytes, zero);
+}
+}  // namespace detail
+
+}  // namespace adamas::cuda

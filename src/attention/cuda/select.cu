@@ -1,0 +1,490 @@
+// Adamas estimate + top-k on the GPU, two launches:
+//  1. estimate: per (sequence, KV head, token tile) the query codes of the group (Hadamard by warp shuffles),
+//     exact L1 of every key code against them, distances to scratch, a shared-memory histogram of the free middle
+//     merged into the row's global histogram; the last block of a row finds the cut-off and clears the histogram.
+//  2. compact: per (row, tile of 4096 tokens) the keep flags, a block scan and a decoupled look-back over the tiles
+//     of the row give each kept token its output slot: indices come out in increasing order, no sort.
+#include <algorithm>
+#include <cmath>
+
+#include "attention/cuda/common.cuh"
+#include "attention/cuda/launch.h"
+
+namespace adamas::cuda {
+namespace detail {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kCompactPerThread = 16;
+constexpr int kCompactTile = kThreads * kCompactPerThread;  // 4096 tokens
+
+struct SelectParams {
+  BatchDesc bd;
+  const float* q;  // [batch][n_heads][D]
+  int n_heads, kv_heads, group, units;  // units = n_heads (per head) or kv_heads (shared)
+  int shared;
+  const Thr* qthr;  // n_heads entries, or null
+  Thr cfg_thr;
+  float hscale;
+  int budget, sink, window;
+  uint16_t* dist;  // [batch][units][ld]
+  int64_t ld;
+  uint32_t* hist;  // [batch][units][bins]
+  int bins;
+  uint32_t* row_done;  // [batch][kv_heads]
+  RowInfo* info;  // [batch][units]
+  int tile;  // estimate tile (tokens)
+  int vec_codes;  // 16-byte code loads possible
+};
+
+__device__ __forceinline__ void middle(int64_t n, int sink, int window, int64_t& s, int64_t& tail) {
+  s = min(int64_t(sink), n);
+  tail = max(s, n - int64_t(max(window, 1)));
+}
+
+// Block-wide exclusive scan of one value per thread (kThreads threads). Returns the exclusive prefix, sets total.
+__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  uint32_t before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) {
+    const uint32_t s = warp_sums[w];
+    before += w < warp ? s : 0;
+    all += s;
+  }
+  __syncthreads();
+  total = all;
+  return before + x - v;
+}
+
+// ---- 1. estimate ---------------------------------------------------------------------------------------------
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) estimate_kernel(const __grid_constant__ SelectParams p) {
+  constexpr int W = D / 16;  // 32-bit code words per vector
+  const int b = blockIdx.z, kvh = blockIdx.y;
+  const SeqDesc& sq = p.bd.seq[b];
+  const int64_t n = sq.n;
+  if (n <= p.budget) return;  // everything kept: no estimate needed
+  const int64_t ntiles = (n + p.tile - 1) / p.tile;
+  if (blockIdx.x >= ntiles) return;
+  const int G = p.group;
+  const int rows = p.shared ? 1 : G;  // histogram rows this block feeds
+
+  extern __shared__ uint32_t smem[];
+  uint32_t* qP = smem;                  // [G][W] thermometer-packed query words
+  uint32_t* qW = qP + G * W;            // [G][W] raw query words
+  uint32_t* hs = qW + G * W;            // [rows][bins]
+  __shared__ int s_last;
+
+  const int warp = threadIdx.x >> 5;
+  for (int i = threadIdx.x; i < rows * p.bins; i += kThreads) hs[i] = 0;
+  // Query codes of the group: warp g encodes query head kvh * G + g into qW (as bytes), then packs.
+  if (warp < G) {
+    const int qh = kvh * G + warp;
+    float x[D / 32];
+    load_lane<D, float>(p.q + (int64_t(b) * p.n_heads + qh) * D, x);
+    warp_hadamard<D>(x, p.hscale);
+    const Thr th = p.qthr ? p.qthr[qh] : p.cfg_thr;
+    warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(qW + warp * W));
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * W; i += kThreads) qP[i] = therm_pack(qW[i]);
+  __syncthreads();
+
+  int64_t s0, tail;
+  middle(n, p.sink, p.window, s0, tail);
+  const int64_t t_begin = int64_t(blockIdx.x) * p.tile;
+  const int64_t t_end = min(n, t_begin + p.tile);
+  const uint8_t* cbase = sq.codes + kvh * sq.c_head;
+  uint16_t* dbase = p.dist + (int64_t(b) * p.units + (p.shared ? kvh : kvh * G)) * p.ld;
+
+  constexpr int U = 4;  // tokens per thread in flight
+  for (int64_t t0 = t_begin + threadIdx.x; t0 < t_end; t0 += int64_t(U) * kThreads) {
+    uint32_t w[U][W];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t t = t0 + int64_t(u) * kThreads;
+      if (t < t_end) {
+        const uint8_t* row = cbase + t * sq.c_tok;
+        if (p.vec_codes) {
+#pragma unroll
+          for (int i = 0; i < W / 4; ++i) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(row) + i);
+            w[u][4 * i] = v.x, w[u][4 * i + 1] = v.y, w[u][4 * i + 2] = v.z, w[u][4 * i + 3] = v.w;
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < W; ++i) w[u][i] = __ldg(reinterpret_cast<const uint32_t*>(row) + i);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t t = t0 + int64_t(u) * kThreads;
+      if (t >= t_end) break;
+      uint32_t pk[W];
+#pragma unroll
+      for (int i = 0; i < W; ++i) pk[i] = therm_pack(w[u][i]);
+      const bool mid = t >= s0 && t < tail;
+      int sum = 0;
+      for (int g = 0; g < G; ++g) {
+        int d = 0;
+#pragma unroll
+        for (int i = 0; i < W; ++i) d += word_l1(qP[g * W + i], qW[g * W + i], pk[i], w[u][i]);
+        if (p.shared) {
+          sum += d;
+        } else {
+          dbase[int64_t(g) * p.ld + t] = uint16_t(d);
+          if (mid) atomicAdd(&hs[g * p.bins + d], 1u);
+        }
+      }
+      if (p.shared) {
+        dbase[t] = uint16_t(sum);
+        if (mid) atomicAdd(&hs[sum], 1u);
+      }
+    }
+  }
+  __syncthreads();
+  uint32_t* ghist = p.hist + (int64_t(b) * p.units + (p.shared ? kvh : kvh * G)) * p.bins;
+  for (int i = threadIdx.x; i < rows * p.bins; i += kThreads)
+    if (hs[i]) atomicAdd(&ghist[i], hs[i]);
+  // Last block of the row: cut-off search, then clear the histogram for the next launch.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const uint32_t prev = atomicAdd(&p.row_done[b * p.kv_heads + kvh], 1u);
+    s_last = prev == uint32_t(ntiles - 1);
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int64_t need = int64_t(p.budget) - s0 - (n - tail);  // >= 0: budget >= sink + max(window, 1)
+  __shared__ uint32_t warp_sums[kThreads / 32];
+  __shared__ int s_cut, s_below, s_ties;
+  const int seg = (p.bins + kThreads - 1) / kThreads;
+  for (int r = 0; r < rows; ++r) {
+    uint32_t* hrow = ghist + int64_t(r) * p.bins;
+    const int lo = threadIdx.x * seg, hi = min(p.bins, lo + seg);
+    uint32_t mine = 0;
+    for (int i = lo; i < hi; ++i) mine += __ldcg(hrow + i);
+    uint32_t total;
+    const uint32_t before = block_exclusive_scan(mine, warp_sums, total);
+    if (threadIdx.x == 0) s_cut = -1;
+    __syncthreads();
+    // The first bin where the cumulative count reaches `need` (need == 0: bin 0 with take = 0, as on the CPU).
+    if (int64_t(before) < need || (need == 0 && threadIdx.x == 0)) {
+      uint32_t c = before;
+      for (int i = lo; i < hi; ++i) {
+        const uint32_t h = __ldcg(hrow + i);
+        if (int64_t(c) + h >= need) {
+          s_cut = i, s_below = int(c), s_ties = int(h);
+          break;
+        }
+        c += h;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      RowInfo ri;
+      ri.cut = s_cut;
+      ri.ties = s_ties;
+      ri.skip = s_ties - int(need - s_below);
+      ri.pad = 0;
+      p.info[int64_t(b) * p.units + (p.shared ? kvh : kvh * G + r)] = ri;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < p.bins; i += kThreads) hrow[i] = 0;
+  }
+  if (threadIdx.x == 0) p.row_done[b * p.kv_heads + kvh] = 0;
+}
+
+// ---- 2. compact ----------------------------------------------------------------------------------------------
+
+struct CompactParams {
+  BatchDesc bd;
+  int units, budget, sink, window;
+  const uint16_t* dist;
+  int64_t ld;
+  const RowInfo* info;
+  unsigned long long* status;  // [batch][units][status_ld]
+  int64_t status_ld;
+  uint32_t epoch;  // 16 bits
+  uint32_t* tile_ctr;
+  int total_tiles;
+  int tile_base[kMaxBatch + 1];  // first tile id of each sequence
+  int32_t* idx;  // [batch][units][cap]
+  int64_t cap;
+  int32_t* counts;  // [batch][units]
+};
+
+// Tile state word: epoch (16) | flag (2) | kept-or-forced count (23) | tie count (23).
+constexpr unsigned long long kAgg = 1, kInc = 2;
+__device__ __forceinline__ unsigned long long pack_state(uint32_t epoch, unsigned long long flag, uint32_t a,
+                                                         uint32_t e) {
+  return (static_cast<unsigned long long>(epoch) << 48) | (flag << 46) |
+         (static_cast<unsigned long long>(a) << 23) | e;
+}
+
+__global__ void __launch_bounds__(kThreads) compact_kernel(const __grid_constant__ CompactParams p) {
+  __shared__ int s_id;
+  __shared__ uint32_t warp_sums[kThreads / 32];
+  __shared__ uint32_t s_apre, s_epre;
+  if (threadIdx.x == 0) {
+    const int id = int(atomicAdd(p.tile_ctr, 1u));
+    if (id == p.total_tiles - 1) atomicExch(p.tile_ctr, 0u);  // every other block has its id: reset for next time
+    s_id = id;
+  }
+  __syncthreads();
+  const int id = s_id;
+  int b = 0;
+  while (id >= p.tile_base[b + 1]) ++b;
+  const SeqDesc& sq = p.bd.seq[b];
+  const int64_t n = sq.n;
+  const int tiles = int((n + kCompactTile - 1) / kCompactTile);
+  const int unit = (id - p.tile_base[b]) / tiles, tile = (id - p.tile_base[b]) % tiles;
+  const int64_t row = int64_t(b) * p.units + unit;
+  int32_t* out = p.idx + row * p.cap;
+  const int64_t t_first = int64_t(tile) * kCompactTile + int64_t(threadIdx.x) * kCompactPerThread;
+  if (n <= p.budget) {  // keep everything
+    for (int j = 0; j < kCompactPerThread; ++j)
+      if (t_first + j < n) out[t_first + j] = int32_t(t_first + j);
+    if (tile == 0 && threadIdx.x == 0) p.counts[row] = int32_t(n);
+    return;
+  }
+  int64_t s0, tail;
+  middle(n, p.sink, p.window, s0, tail);
+  const RowInfo ri = p.info[row];
+  uint16_t d[kCompactPerThread];
+  {
+    const uint16_t* src = p.dist + row * p.ld + t_first;
+    if (t_first < n) {  // dist rows are padded to a multiple of the tile: whole vectors are readable
+      const uint4 a = *reinterpret_cast<const uint4*>(src);
+      const uint4 c = *reinterpret_cast<const uint4*>(src + 8);
+      const uint16_t* pa = reinterpret_cast<const uint16_t*>(&a);
+      const uint16_t* pc = reinterpret_cast<const uint16_t*>(&c);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) d[j] = pa[j], d[8 + j] = pc[j];
+    }
+  }
+  uint32_t kind = 0;  // 2 bits per token: 1 = kept (forced or below the cut), 2 = tie
+  uint32_t a_cnt = 0, e_cnt = 0;
+#pragma unroll
+  for (int j = 0; j < kCompactPerThread; ++j) {
+    const int64_t t = t_first + j;
+    if (t >= n) break;
+    const bool mid = t >= s0 && t < tail;
+    const bool keep = !mid || int(d[j]) < ri.cut;
+    const bool tie = mid && int(d[j]) == ri.cut;
+    kind |= (keep ? 1u : tie ? 2u : 0u) << (2 * j);
+    a_cnt += keep, e_cnt += tie;
+  }
+  uint32_t total;
+  const uint32_t ex = block_exclusive_scan(a_cnt | (e_cnt << 16), warp_sums, total);
+  const uint32_t agg_a = total & 0xffffu, agg_e = total >> 16;
+  // Decoupled look-back over the earlier tiles of this row.
+  unsigned long long* st = p.status + row * p.status_ld;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    uint32_t pa = 0, pe = 0;
+    if (tile == 0) {
+      if (lane == 0) atomicExch(st, pack_state(p.epoch, kInc, agg_a, agg_e));
+    } else {
+      if (lane == 0) atomicExch(st + tile, pack_state(p.epoch, kAgg, agg_a, agg_e));
+      int pos = tile - 1;
+      while (true) {
+        const int k = pos - lane;
+        unsigned long long s = 0;
+        bool ok;
+        do {
+          if (k >= 0) s = *reinterpret_cast<volatile unsigned long long*>(st + k);
+          else s = pack_state(p.epoch, kInc, 0, 0);
+          ok = uint32_t(s >> 48) == p.epoch && ((s >> 46) & 3u) != 0;
+        } while (!__all_sync(0xffffffffu, ok));
+        const uint32_t inc = __ballot_sync(0xffffffffu, ((s >> 46) & 3u) == kInc);
+        const int first = inc ? __ffs(inc) - 1 : 32;
+        uint32_t va = lane <= first ? uint32_t((s >> 23) & 0x7fffffu) : 0u;
+        uint32_t ve = lane <= first ? uint32_t(s & 0x7fffffu) : 0u;
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) {
+          va += __shfl_xor_sync(0xffffffffu, va, o);
+          ve += __shfl_xor_sync(0xffffffffu, ve, o);
+        }
+        pa += va, pe += ve;
+        if (inc) break;
+        pos -= 32;
+      }
+      if (lane == 0) atomicExch(st + tile, pack_state(p.epoch, kInc, pa + agg_a, pe + agg_e));
+    }
+    if (lane == 0) s_apre = pa, s_epre = pe;
+  }
+  __syncthreads();
+  uint32_t a_before = s_apre + (ex & 0xffffu), ties_before = s_epre + (ex >> 16);
+  const uint32_t skip = uint32_t(ri.skip);
+#pragma unroll
+  for (int j = 0; j < kCompactPerThread; ++j) {
+    const uint32_t k = (kind >> (2 * j)) & 3u;
+    if (k == 1) {
+      out[a_before + (ties_before > skip ? ties_before - skip : 0)] = int32_t(t_first + j);
+      ++a_before;
+    } else if (k == 2) {
+      if (ties_before >= skip) out[a_before + ties_before - skip] = int32_t(t_first + j);
+      ++ties_before;
+    }
+  }
+  if (tile == 0 && threadIdx.x == 0) p.counts[row] = int32_t(p.budget);
+}
+
+// ---- standalone distances (tests, studies) -----------------------------------------------------------------------
+
+template <int D>
+__global__ void l1_kernel(const uint8_t* __restrict__ qcode, const uint8_t* __restrict__ codes, int64_t c_tok,
+                          int64_t n, uint16_t* __restrict__ out) {
+  constexpr int W = D / 16;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n) return;
+  int d = 0;
+#pragma unroll
+  for (int i = 0; i < W; ++i) {
+    uint32_t wq = 0, wk = 0;
+    for (int j = 0; j < 4; ++j) {
+      wq |= uint32_t(qcode[4 * i + j]) << (8 * j);
+      wk |= uint32_t(codes[t * c_tok + 4 * i + j]) << (8 * j);
+    }
+    d += word_l1(therm_pack(wq), wq, therm_pack(wk), wk);
+  }
+  out[t] = uint16_t(d);
+}
+
+template <int D>
+void launch_estimate(const SelectParams& p, dim3 grid, size_t smem, cudaStream_t stream) {
+  if (smem > 48 * 1024)
+    check_cuda(cudaFuncSetAttribute(estimate_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "estimate smem attribute");
+  estimate_kernel<D><<<grid, kThreads, smem, stream>>>(p);
+  launch_check("estimate kernel launch");
+}
+
+}  // namespace
+}  // namespace detail
+
+void l1_distances(const uint8_t* query_code, const CodesView& keys, int64_t head, uint16_t* out,
+                  cudaStream_t stream) {
+  detail::check_supported_dim(keys.dim, "cuda::l1_distances");
+  CUDA_REQUIRE(0 <= head && head < keys.heads, ErrorKind::invalid_argument, "cuda::l1_distances: head ", head, " of ", keys.heads);
+  if (keys.tokens == 0) return;
+  CUDA_REQUIRE(query_code && keys.data && out, ErrorKind::invalid_argument, "cuda::l1_distances: null pointer");
+  const unsigned blocks = unsigned((keys.tokens + 255) / 256);
+  const uint8_t* base = keys.data + head * keys.head_stride;
+  switch (keys.dim) {
+    case 64: detail::l1_kernel<64><<<blocks, 256, 0, stream>>>(query_code, base, keys.token_stride, keys.tokens, out); break;
+    case 128: detail::l1_kernel<128><<<blocks, 256, 0, stream>>>(query_code, base, keys.token_stride, keys.tokens, out); break;
+    case 256: detail::l1_kernel<256><<<blocks, 256, 0, stream>>>(query_code, base, keys.token_stride, keys.tokens, out); break;
+  }
+  detail::launch_check("l1 kernel launch");
+}
+
+SelectionView select(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, cudaStream_t stream) {
+  using namespace detail;
+  validate_config(config);
+  CUDA_REQUIRE(config.method == Method::adamas, ErrorKind::invalid_argument, "cuda::select: method ", method_name(config.method), " (only adamas selects on the GPU)");
+  CUDA_REQUIRE(config.group != GroupSelection::shared_union, ErrorKind::unsupported, "cuda::select: group selection shared-union is not implemented on CUDA");
+  CUDA_REQUIRE(config.budget < (int64_t(1) << 23), ErrorKind::unsupported, "cuda::select: budget ", config.budget, " too large");
+  const auto chunks = make_batches(in, true, "cuda::select");
+  const HeadsView& k0 = in.seqs[0].k;
+  const int D = int(k0.dim), kvh = int(k0.heads), n_heads = int(in.n_heads), G = n_heads / kvh;
+  const bool shared = config.group == GroupSelection::shared_sum;
+  const int units = shared ? kvh : n_heads;
+  const int64_t batch = int64_t(in.seqs.size());
+  int64_t n_max = 0;
+  for (const auto& s : in.seqs) n_max = std::max(n_max, s.k.tokens);
+  CUDA_REQUIRE(n_max < (int64_t(1) << 23), ErrorKind::unsupported, "cuda::select: ", n_max, " tokens exceed 2^23");
+  auto& S = ws.state();
+  const int64_t cap = std::min<int64_t>(config.budget, n_max);
+  const int64_t ld = (n_max + kCompactTile - 1) / kCompactTile * kCompactTile;
+  const int64_t status_ld = ld / kCompactTile;
+  const int bins = 3 * D * (shared ? G : 1) + 1;
+  ensure(&S.dist, &S.dist_bytes, size_t(batch * units * ld) * 2, false);
+  ensure(&S.hist, &S.hist_bytes, size_t(batch * units * bins) * 4, true);
+  ensure(&S.row_done, &S.row_done_bytes, size_t(batch * kvh) * 4, true);
+  ensure(&S.info, &S.info_bytes, size_t(batch * units) * sizeof(RowInfo), false);
+  ensure(&S.tile_ctr, &S.tile_ctr_bytes, 4, true);
+  ensure(&S.status, &S.status_bytes, size_t(batch * units * status_ld) * 8, true);
+  ensure(&S.idx, &S.idx_bytes, size_t(batch * units * cap) * 4, false);
+  ensure(&S.counts, &S.counts_bytes, size_t(batch * units) * 4, false);
+
+  const float hscale = 1.0f / std::sqrt(float(D));
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const BatchDesc& bd = chunks[c];
+    const int64_t b0 = int64_t(c) * kMaxBatch;
+    SelectParams p{};
+    p.bd = bd;
+    p.q = in.q + b0 * n_heads * D;
+    p.n_heads = n_heads, p.kv_heads = kvh, p.group = G, p.units = units, p.shared = shared;
+    p.qthr = reinterpret_cast<const Thr*>(in.query_thresholds);
+    p.cfg_thr = {config.thresholds.t0, config.thresholds.t1, config.thresholds.t2};
+    p.hscale = hscale;
+    p.budget = int(config.budget), p.sink = int(config.sink), p.window = int(config.window);
+    p.dist = S.dist + b0 * units * ld, p.ld = ld;
+    p.hist = S.hist + b0 * units * bins, p.bins = bins;
+    p.row_done = S.row_done + b0 * kvh;
+    p.info = S.info + b0 * units;
+    bool vec = true;
+    int64_t work = 0, n_chunk_max = 0;
+    for (int i = 0; i < bd.batch; ++i) {
+      const SeqDesc& s = bd.seq[i];
+      vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
+      if (s.n > config.budget) work += s.n * kvh;
+      n_chunk_max = std::max(n_chunk_max, s.n);
+    }
+    p.vec_codes = vec;
+    // Tile: enough blocks to fill the GPU a few times over, at most 4096 tokens.
+    int tile = 4096;
+    while (tile > 256 && work / tile < 4 * S.sms) tile /= 2;
+    p.tile = tile;
+    const size_t smem = size_t(2 * G * (D / 16) + (shared ? 1 : G) * bins) * 4;
+    const dim3 grid1(unsigned((n_chunk_max + tile - 1) / tile), unsigned(kvh), unsigned(bd.batch));
+    if (work > 0) {
+      switch (D) {
+        case 64: launch_estimate<64>(p, grid1, smem, stream); break;
+        case 128: launch_estimate<128>(p, grid1, smem, stream); break;
+        case 256: launch_estimate<256>(p, grid1, smem, stream); break;
+      }
+    }
+    CompactParams cp{};
+    cp.bd = bd;
+    cp.units = units, cp.budget = int(config.budget), cp.sink = int(config.sink), cp.window = int(config.window);
+    cp.dist = p.dist, cp.ld = ld, cp.info = p.info;
+    cp.status = S.status + b0 * units * status_ld, cp.status_ld = status_ld;
+    if (S.epoch >= 0xfffeu) {  // 16-bit tags wrap: clear the states so no old tag can match
+      check_cuda(cudaMemsetAsync(S.status, 0, S.status_bytes, stream), "cuda::select: status reset");
+      S.epoch = 0;
+    }
+    ++S.epoch;
+    cp.epoch = S.epoch;
+    cp.tile_ctr = S.tile_ctr;
+    int base = 0;
+    for (int i = 0; i < bd.batch; ++i) {
+      cp.tile_base[i] = base;
+      base += int((bd.seq[i].n + kCompactTile - 1) / kCompactTile) * units;
+    }
+    for (int i = bd.batch; i <= kMaxBatch; ++i) cp.tile_base[i] = base;
+    cp.total_tiles = base;
+    cp.idx = S.idx + b0 * units * cap, cp.cap = cap;
+    cp.counts = S.counts + b0 * units;
+    compact_kernel<<<unsigned(base), kThreads, 0, stream>>>(cp);
+    launch_check("compact kernel launch");
+  }
+  S.last = SelectionView{S.idx, S.counts, batch, units, cap, shared};
+  return S.last;
+}
+
+}  // namespace adamas::cuda
