@@ -183,8 +183,9 @@ void attend_selected(const DecodeInputs& in, DecodeWorkspace::State& s, int64_t 
   const float scale = 1.0f / std::sqrt(float(dim));
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t h = 0; h < in.n_heads; ++h) {
-    const bool leads = h % g == 0;
-    const bool shared = g > 1 && s.offset[h] == s.offset[h - h % g + (g - 1)];
+    const int64_t first = h - h % g;
+    const bool leads = h == first;
+    const bool shared = g > 1 && s.offset[first] == s.offset[first + g - 1];  // the group has one selection
     if (shared && !leads) continue;  // the group's first head attends for all of them
     const int64_t rows = shared ? g : 1;
     RowsAttention att(in.q + h * dim, dim, rows, dim, scale);
