@@ -20,6 +20,8 @@
 
 #include "model/quant.h"
 
+#include "adamas/error.h"  // the functions here throw adamas::Error
+
 namespace adamas {
 
 enum class GgufType : uint32_t {

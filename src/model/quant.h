@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "adamas/error.h"  // the functions here throw adamas::Error
+
 namespace adamas {
 
 // ggml's type ids as stored in GGUF tensor infos (values are the file format's, do not renumber).

@@ -170,12 +170,11 @@ void Tokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out) c
       out.push_back(it->second);
       continue;
     }
-    // A merged symbol missing from the vocabulary (a malformed vocabulary): fall back to its single characters.
+    // A symbol missing from the vocabulary: its single characters, and the characters (bytes) the vocabulary lacks
+    // are dropped, as llama.cpp and HF tokenizers (without an unknown token) do. SmolLM2 lacks e.g. 0x04, 0xFF.
     for (const auto& cp : unicode::decode_utf8(s)) {
       const auto jt = token_ids_.find(s.substr(cp.offset, cp.len));
-      ADAMAS_CHECK(jt != token_ids_.end() || unk_ >= 0, ErrorKind::format,
-                   "tokenizer: vocabulary lacks the byte-level symbol '{}' and has no unknown token", s);
-      out.push_back(jt != token_ids_.end() ? jt->second : unk_);
+      if (jt != token_ids_.end()) out.push_back(jt->second);
     }
   }
 }

@@ -35,7 +35,9 @@ class Tokenizer {
   const std::string& pre() const { return pre_; }
 
   // Text -> ids. parse_special: control/user-defined token texts in `text` become those tokens (longest match);
-  // else they are tokenized as plain text. No BOS is added (see add_bos()).
+  // else they are tokenized as plain text. No BOS is added (see add_bos()). Bytes that have no symbol in the
+  // vocabulary are dropped (as llama.cpp and HF tokenizers do), so decode(encode(s)) == s only when the vocabulary
+  // covers every byte of s.
   std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const;
   // Ids -> text. Control tokens are rendered as their text unless skip_special. Byte-level tokens decode to their
   // bytes, so a decoded prefix may end inside a UTF-8 sequence (use token_bytes to stream).
