@@ -62,9 +62,11 @@ void encode_keys(const HeadsView& keys, int64_t begin, int64_t end, std::span<co
                  const MutCodesView& codes);
 
 // Calibrated thresholds from sample rotated vectors (e.g. the keys seen at prefill), pooled over coordinates.
+// Percentiles interpolate linearly between order statistics (numpy's default). Thresholds that come out equal
+// (degenerate samples) are separated by one float ulp, so the result is always strictly increasing.
 enum class Calibration {
   quartiles,  // t = the 25th, 50th and 75th percentiles: each code value equally likely
-  sigma,      // t = mean - c*sigma, mean, mean + c*sigma
+  sigma,      // t = mean - c*sigma, mean, mean + c*sigma (population sigma)
 };
 struct CalibrationOptions {
   Calibration kind = Calibration::quartiles;

@@ -87,9 +87,7 @@ void prefetch_rows(const HeadsView& k, const HeadsView& v, int64_t head, const i
 
 }  // namespace
 
-void RowsAttention::add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n,
-                              const int32_t* next, int64_t next_n) {
-  if (next_n > 0) prefetch_rows(k, v, head, next, next_n);
+void RowsAttention::add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n) {
   for (int64_t j = 0; j < n; ++j) simd::to_f32(k.row(head, idx[j]), k.dtype, dim_, kt_.data() + j * dim_);
   int64_t live = 0;  // rows that see at least one key of this block
   for (int64_t r = 0; r < n_rows_; ++r) {
@@ -118,25 +116,23 @@ void RowsAttention::add_block(const HeadsView& k, const HeadsView& v, int64_t he
 }
 
 void RowsAttention::add_range(const HeadsView& k, const HeadsView& v, int64_t head, int64_t begin, int64_t end) {
-  int32_t idx[2][kBlock];  // this block's and the next block's token indices
-  auto fill = [&](int32_t* dst, int64_t t) {
-    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(kBlock, end - t));
-    for (int64_t j = 0; j < n; ++j) dst[j] = int32_t(t + j);
-    return n;
-  };
-  int64_t n = fill(idx[0], begin);
-  for (int64_t t = begin, b = 0; t < end; t += kBlock, b ^= 1) {
-    const int64_t next_n = fill(idx[b ^ 1], t + kBlock);
-    add_block(k, v, head, idx[b], n, idx[b ^ 1], next_n);
-    n = next_n;
+  int32_t idx[kBlock + kPrefetchBlocks * kBlock];
+  for (int64_t t = begin; t < end; t += kBlock) {
+    const int64_t n = std::min<int64_t>(kBlock, end - t);
+    const int64_t ahead = std::min<int64_t>(kPrefetchBlocks * kBlock, std::max<int64_t>(0, end - t - n));
+    for (int64_t j = 0; j < n + ahead; ++j) idx[j] = int32_t(t + j);
+    prefetch_rows(k, v, head, idx + n + ahead - std::min<int64_t>(ahead, kBlock), std::min<int64_t>(ahead, kBlock));
+    add_block(k, v, head, idx, n);
   }
 }
 
 void RowsAttention::add_indices(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx,
                                 int64_t n) {
   for (int64_t j = 0; j < n; j += kBlock) {
-    const int64_t next_n = std::max<int64_t>(0, std::min<int64_t>(kBlock, n - j - kBlock));
-    add_block(k, v, head, idx + j, std::min<int64_t>(kBlock, n - j), idx + j + kBlock, next_n);
+    const int64_t m = std::min<int64_t>(kBlock, n - j);
+    // Gathered rows defeat the hardware prefetcher: ask for the next block's rows now.
+    prefetch_rows(k, v, head, idx + j + m, std::max<int64_t>(0, std::min<int64_t>(kBlock, n - j - m)));
+    add_block(k, v, head, idx + j, m);
   }
 }
 

@@ -17,10 +17,10 @@ class RowsAttention {
   RowsAttention(const float* q, int64_t q_stride, int64_t n_rows, int64_t dim, float scale,
                 const int64_t* limits = nullptr);
 
-  // Fold in the keys/values of KV head `head` at the token indices idx[0..n), n <= kBlock; prefetches the rows
-  // next[0..next_n) that the following call will read.
-  void add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n,
-                 const int32_t* next = nullptr, int64_t next_n = 0);
+  static constexpr int kPrefetchBlocks = 2;  // how far ahead add_range asks for rows
+
+  // Fold in the keys/values of KV head `head` at the token indices idx[0..n), n <= kBlock.
+  void add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n);
   // Fold in tokens [begin, end) (any length).
   void add_range(const HeadsView& k, const HeadsView& v, int64_t head, int64_t begin, int64_t end);
   // Fold in the tokens idx[0..n) (any length).
