@@ -30,16 +30,9 @@ int32_t optional_id(const GgufFile& f, std::string_view key, int32_t vocab) {
 Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   Tokenizer t;
   t.model_ = std::string(f.get_string("tokenizer.ggml.model"));
-  ADAMAS_CHECK(t.model_ == "gpt2", ErrorKind::unsupported,
-               "{}: unsupported tokenizer model '{}' (supported: 'gpt2' byte-level BPE)", f.source(), t.model_);
-  t.pre_ = std::string(f.get_string_or("tokenizer.ggml.pre", "default"));
-  if (std::find(std::begin(kDigitsPre), std::end(kDigitsPre), t.pre_) != std::end(kDigitsPre)) {
-    t.pre_kind_ = Pre::digits_gpt2;
-  } else if (std::find(std::begin(kGpt2Pre), std::end(kGpt2Pre), t.pre_) != std::end(kGpt2Pre)) {
-    t.pre_kind_ = Pre::gpt2;
-  } else {
-    fail(ErrorKind::unsupported, "{}: unsupported pre-tokenizer '{}' (tokenizer.ggml.pre)", f.source(), t.pre_);
-  }
+  ADAMAS_CHECK(t.model_ == "gpt2" || t.model_ == "llama", ErrorKind::unsupported,
+               "{}: unsupported tokenizer model '{}' (supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)",
+               f.source(), t.model_);
 
   const auto& tokens = f.get_string_array("tokenizer.ggml.tokens");
   ADAMAS_CHECK(!tokens.empty() && tokens.size() <= size_t(std::numeric_limits<int32_t>::max()), ErrorKind::format,
@@ -60,21 +53,13 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
       t.types_[i] = TokenType(types[i]);
     }
   }
-
-  const auto& merges = f.get_string_array("tokenizer.ggml.merges");
-  t.merge_ranks_.reserve(merges.size());
-  for (size_t i = 0; i < merges.size(); ++i) {
-    const std::string_view m = merges[i];
-    const size_t space = m.find(' ', 1);
-    ADAMAS_CHECK(space != std::string_view::npos && space + 1 < m.size(), ErrorKind::format,
-                 "{}: merge {} '{}' is not two tokens separated by a space", f.source(), i, m);
-    t.merge_ranks_.emplace(std::string(m), int32_t(i));
-  }
+  if (t.model_ == "gpt2") t.load_bpe(f);
+  else t.load_spm(f);
 
   t.bos_ = optional_id(f, "tokenizer.ggml.bos_token_id", n);
   t.eos_ = optional_id(f, "tokenizer.ggml.eos_token_id", n);
   t.unk_ = optional_id(f, "tokenizer.ggml.unknown_token_id", n);
-  t.add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token", false);
+  t.add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token", t.kind_ == Kind::spm);
 
   for (int32_t i = 0; i < n; ++i)
     if (t.is_special(i) && !t.tokens_[size_t(i)].empty()) t.specials_.push_back(i);
@@ -84,6 +69,27 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   for (std::string_view s : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>"})
     if (auto id = t.find_token(s); id && t.is_special(*id)) t.end_of_generation_.push_back(*id);
   return t;
+}
+
+void Tokenizer::load_bpe(const GgufFile& f) {
+  kind_ = Kind::bpe;
+  pre_ = std::string(f.get_string_or("tokenizer.ggml.pre", "default"));
+  if (std::find(std::begin(kDigitsPre), std::end(kDigitsPre), pre_) != std::end(kDigitsPre)) {
+    pre_kind_ = Pre::digits_gpt2;
+  } else if (std::find(std::begin(kGpt2Pre), std::end(kGpt2Pre), pre_) != std::end(kGpt2Pre)) {
+    pre_kind_ = Pre::gpt2;
+  } else {
+    fail(ErrorKind::unsupported, "{}: unsupported pre-tokenizer '{}' (tokenizer.ggml.pre)", f.source(), pre_);
+  }
+  const auto& merges = f.get_string_array("tokenizer.ggml.merges");
+  merge_ranks_.reserve(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const std::string_view m = merges[i];
+    const size_t space = m.find(' ', 1);
+    ADAMAS_CHECK(space != std::string_view::npos && space + 1 < m.size(), ErrorKind::format,
+                 "{}: merge {} '{}' is not two tokens separated by a space", f.source(), i, m);
+    merge_ranks_.emplace(std::string(m), int32_t(i));
+  }
 }
 
 void Tokenizer::check_id(int32_t id) const {
@@ -192,8 +198,15 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
   ADAMAS_CHECK(text.size() < (size_t(1) << 32), ErrorKind::invalid_argument,
                "tokenizer: text of {} bytes is too long (limit 4 GiB)", text.size());
   std::vector<int32_t> out;
+  bool after_special = true;  // the start of the text counts as "after a special token" (SentencePiece prefix)
+  auto plain = [&](std::string_view fragment) {
+    if (fragment.empty()) return;
+    if (kind_ == Kind::spm) encode_spm(fragment, add_space_prefix_ && after_special, out);
+    else encode_plain(fragment, out);
+    after_special = false;
+  };
   if (!parse_special || specials_.empty()) {
-    encode_plain(text, out);
+    plain(text);
     return out;
   }
   size_t start = 0, i = 0;
@@ -210,12 +223,13 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
       ++i;
       continue;
     }
-    encode_plain(text.substr(start, i - start), out);
+    plain(text.substr(start, i - start));
     out.push_back(hit);
+    after_special = true;
     i += tokens_[size_t(hit)].size();
     start = i;
   }
-  encode_plain(text.substr(start), out);
+  plain(text.substr(start));
   return out;
 }
 
@@ -223,6 +237,7 @@ std::string Tokenizer::token_bytes(int32_t id) const {
   check_id(id);
   const std::string& s = tokens_[size_t(id)];
   if (is_special(id)) return s;
+  if (kind_ == Kind::spm) return spm_piece(id);
   std::string out;
   out.reserve(s.size());
   for (const auto& cp : unicode::decode_utf8(s)) {
@@ -235,10 +250,16 @@ std::string Tokenizer::token_bytes(int32_t id) const {
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
   std::string out;
+  bool strip = kind_ == Kind::spm && add_space_prefix_;  // SentencePiece: drop the space the encoder prefixed
   for (int32_t id : ids) {
     check_id(id);
     if (skip_special && types_[size_t(id)] == TokenType::control) continue;
-    out += token_bytes(id);
+    std::string piece = token_bytes(id);
+    if (strip && !is_special(id)) {
+      if (!piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+      strip = false;
+    }
+    out += piece;
   }
   return out;
 }

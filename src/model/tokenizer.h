@@ -1,8 +1,11 @@
-// Tokenizer built from GGUF metadata. Supported: byte-level BPE (tokenizer.ggml.model == "gpt2") with the
-// pre-tokenizers "gpt2"/"default" (GPT-2 split) and "smollm"/"starcoder"-like (each digit alone, then the GPT-2
-// split), as llama.cpp does for those tokenizer.ggml.pre values. Other models/pre-tokenizers raise
-// Error(unsupported) naming them. Special (control and user-defined) tokens are matched as whole tokens in the
-// text only when asked (parse_special).
+// Tokenizer built from GGUF metadata, behaving as llama.cpp's for the same file. Supported:
+//  - byte-level BPE (tokenizer.ggml.model == "gpt2") with the pre-tokenizers "gpt2"/"default" (GPT-2 split) and
+//    "smollm"/"starcoder"-like (each \p{N} alone, then the GPT-2 split), as llama.cpp maps tokenizer.ggml.pre;
+//  - SentencePiece-style BPE (tokenizer.ggml.model == "llama", Llama 1/2, Mistral): spaces become U+2581, a space is
+//    prefixed to the text and after each special token when tokenizer.ggml.add_space_prefix (default true), pairs
+//    are merged by highest tokenizer.ggml.scores, characters without a token fall back to <0xXX> byte tokens.
+// Other models/pre-tokenizers raise Error(unsupported) naming them. Special (control and user-defined) tokens are
+// matched as whole tokens in the text only when asked (parse_special).
 #pragma once
 
 #include <cstdint>
@@ -31,7 +34,7 @@ class Tokenizer {
   int32_t bos_id() const { return bos_; }  // -1 when the model has none
   int32_t eos_id() const { return eos_; }
   bool add_bos() const { return add_bos_; }  // tokenizer.ggml.add_bos_token (default false)
-  const std::string& model() const { return model_; }
+  const std::string& model() const { return model_; }  // "gpt2" or "llama"
   const std::string& pre() const { return pre_; }
 
   // Text -> ids. parse_special: control/user-defined token texts in `text` become those tokens (longest match);
@@ -40,7 +43,8 @@ class Tokenizer {
   // covers every byte of s.
   std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const;
   // Ids -> text. Control tokens are rendered as their text unless skip_special. Byte-level tokens decode to their
-  // bytes, so a decoded prefix may end inside a UTF-8 sequence (use token_bytes to stream).
+  // bytes, so a decoded prefix may end inside a UTF-8 sequence (use token_bytes to stream). SentencePiece: the
+  // space that add_space_prefix put in front of the text is removed from the first piece.
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
   // The bytes one token stands for (its text for control/user-defined tokens).
   std::string token_bytes(int32_t id) const;
@@ -52,10 +56,21 @@ class Tokenizer {
   bool is_end_of_generation(int32_t id) const;  // eos, <|im_end|>, <|endoftext|>, <|eot_id|>
 
  private:
+  enum class Kind { bpe, spm };
   enum class Pre { gpt2, digits_gpt2 };
+  void load_bpe(const GgufFile& f);
+  void load_spm(const GgufFile& f);
   void check_id(int32_t id) const;
   void encode_word(std::string_view bytes, std::vector<int32_t>& out) const;
   void encode_plain(std::string_view text, std::vector<int32_t>& out) const;
+  // SentencePiece: one fragment between special tokens; prefix_space adds the leading space.
+  void encode_spm(std::string_view text, bool prefix_space, std::vector<int32_t>& out) const;
+  std::string spm_piece(int32_t id) const;
+
+  Kind kind_ = Kind::bpe;
+  std::vector<float> scores_;               // spm merge scores
+  std::vector<int32_t> byte_tokens_;        // spm: id of <0xXX> per byte, -1 when missing
+  bool add_space_prefix_ = false;
 
   std::string model_, pre_;
   Pre pre_kind_ = Pre::gpt2;

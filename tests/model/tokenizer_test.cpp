@@ -2,6 +2,8 @@
 // the pre-tokenizer split, and errors on synthetic vocabularies.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -177,12 +179,67 @@ TEST(tokenizer, unsupported_and_malformed_vocabularies) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  expect_error(tiny_vocab("llama", "default"), ErrorKind::unsupported, "unsupported tokenizer model 'llama'");
+  expect_error(tiny_vocab("bert", "default"), ErrorKind::unsupported, "unsupported tokenizer model 'bert'");
   expect_error(tiny_vocab("gpt2", "qwen2"), ErrorKind::unsupported, "unsupported pre-tokenizer 'qwen2'");
   expect_error(tiny_vocab("gpt2", "gpt2", 99), ErrorKind::format, "bos_token_id = 99 is outside");
   test::GgufWriter w;
   w.header(3, 0, 1).kv_str("tokenizer.ggml.model", "gpt2");
   expect_error(w.bytes, ErrorKind::format, "missing metadata key 'tokenizer.ggml.tokens'");
+}
+
+// A tiny SentencePiece (Llama-style) vocabulary: <unk>, <s>, </s>, 256 byte tokens, a few scored pieces.
+struct SpmVocab {
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<int32_t> types = {2, 3, 3};
+  std::vector<float> scores = {0, 0, 0};
+  SpmVocab() {
+    char name[8];
+    for (int b = 0; b < 256; ++b) {
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      add(name, 0, 6);
+    }
+    for (const char* c : {"\u2581", "h", "e", "l", "o", "w", "r", "d"}) add(c, -20);
+    add("ll", -1), add("he", -3), add("\u2581h", -5), add("llo", -2), add("hello", -4), add("\u2581hello", -0.5f);
+    add("\u2581w", -6), add("or", -7), add("\u2581wor", -8), add("ld", -9), add("\u2581world", -1.5f);
+  }
+  void add(const std::string& t, float score, int32_t type = 1) {
+    tokens.push_back(t), types.push_back(type), scores.push_back(score);
+  }
+  int32_t id(std::string_view t) const { return int32_t(std::find(tokens.begin(), tokens.end(), t) - tokens.begin()); }
+  std::vector<uint8_t> gguf() const {
+    test::GgufWriter w;
+    w.header(3, 0, 7).kv_str("tokenizer.ggml.model", "llama").kv_strings("tokenizer.ggml.tokens", tokens);
+    w.kv_i32s("tokenizer.ggml.token_type", types);
+    w.key("tokenizer.ggml.scores", 9).raw<uint32_t>(6).raw<uint64_t>(scores.size());
+    for (float f : scores) w.raw(f);
+    w.kv_u32("tokenizer.ggml.bos_token_id", 1).kv_u32("tokenizer.ggml.eos_token_id", 2);
+    w.kv_u32("tokenizer.ggml.unknown_token_id", 0);
+    return w.bytes;
+  }
+};
+
+TEST(tokenizer, sentencepiece_bpe) {
+  const SpmVocab v;
+  const GgufFile f = GgufFile::from_bytes(v.gguf());
+  const Tokenizer tok = Tokenizer::from_gguf(f);
+  EXPECT_EQ(tok.model(), "llama");
+  EXPECT_TRUE(tok.add_bos());
+  // Highest score first: ll, llo, he, hello, then the prefixed space: one token.
+  EXPECT_EQ(tok.encode("hello"), (std::vector<int32_t>{v.id("\u2581hello")}));
+  EXPECT_EQ(tok.encode("hello world"), (std::vector<int32_t>{v.id("\u2581hello"), v.id("\u2581world")}));
+  // 'i' has no piece: byte fallback.
+  EXPECT_EQ(tok.encode("hi"), (std::vector<int32_t>{v.id("\u2581h"), v.id("<0x69>")}));
+  EXPECT_EQ(tok.encode("<s>hello</s>", true), (std::vector<int32_t>{1, v.id("\u2581hello"), 2}));
+  EXPECT_TRUE(tok.encode("").empty());
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{v.id("\u2581hello"), v.id("\u2581world")}), "hello world");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{1, v.id("\u2581hello")}, true), "hello");
+  std::mt19937 rng(5);
+  for (int i = 0; i < 200; ++i) {
+    const std::string s = random_text(rng, 1 + rng() % 60);
+    ASSERT_EQ(tok.decode(tok.encode(s)), s);
+  }
+  const std::string spaces = "  hello  world ";
+  EXPECT_EQ(tok.decode(tok.encode(spaces)), spaces);
 }
 
 }  // namespace
