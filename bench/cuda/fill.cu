@@ -1,0 +1,31 @@
+// Device-side random fill for the benchmark (host generation of tens of GB would dominate the run).
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "fill.h"
+
+namespace {
+__global__ void fill_kernel(__half* p, size_t n, uint32_t seed, float amp) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed ^ uint32_t(i >> 32) * 40503u;
+    x ^= x >> 15, x *= 2246822519u, x ^= x >> 13, x *= 3266489917u, x ^= x >> 16;
+    uint32_t y = x * 1664525u + 1013904223u;
+    // sum of two uniforms: a triangular bell in [-amp, amp]
+    const float u = (float(x >> 8) + float(y >> 8)) * (1.0f / 16777216.0f) - 1.0f;
+    p[i] = __float2half(u * amp);
+  }
+}
+__global__ void fill_f32_kernel(float* p, size_t n, uint32_t seed) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 15, x *= 2246822519u, x ^= x >> 13, x *= 3266489917u, x ^= x >> 16;
+    p[i] = float(x >> 8) * (2.0f / 16777216.0f) - 1.0f;
+  }
+}
+}  // namespace
+
+void bench_fill_half(void* p, size_t n, uint32_t seed, float amp) {
+  fill_kernel<<<1024, 256>>>(static_cast<__half*>(p), n, seed, amp);
+}
+void bench_fill_f32(float* p, size_t n, uint32_t seed) { fill_f32_kernel<<<256, 256>>>(p, n, seed); }

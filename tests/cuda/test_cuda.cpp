@@ -1,0 +1,466 @@
+// CUDA kernels vs the CPU implementation of the same functions, on fresh random inputs (seed printed on failure;
+// ADAMAS_TEST_SEED=<n> reruns one). Output buffers are poisoned (0xFF bytes) before every launch. Codes and
+// selections must be identical; attention within 2e-5 relative (f32 accumulation in a different order).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "adamas/attention.h"
+#include "adamas/cuda_attention.h"
+
+namespace {
+
+using namespace adamas;
+
+#define SKIP_WITHOUT_GPU()                                                          \
+  do {                                                                              \
+    if (!adamas::cuda::device_available()) GTEST_SKIP() << "no CUDA device: CUDA test skipped"; \
+  } while (0)
+
+uint32_t fresh_seed() {
+  if (const char* s = std::getenv("ADAMAS_TEST_SEED")) return uint32_t(std::strtoul(s, nullptr, 10));
+  return std::random_device{}();
+}
+#define SEEDED_RNG(rng)                                                                                \
+  const uint32_t rng##_seed = fresh_seed();                                                            \
+  SCOPED_TRACE(::testing::Message() << "seed=" << rng##_seed << " (rerun: ADAMAS_TEST_SEED=" << rng##_seed << ")"); \
+  std::mt19937 rng(rng##_seed)
+
+void ck(cudaError_t e, const char* what) { ASSERT_EQ(e, cudaSuccess) << what << ": " << cudaGetErrorString(e); }
+
+template <class T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) {
+    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) throw std::runtime_error("cudaMalloc");
+  }
+  Dev(const std::vector<T>& h) : Dev(h.size()) { upload(h); }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  void upload(const std::vector<T>& h) { cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice); }
+  void poison() { cudaMemset(p, 0xFF, std::max<size_t>(n, 1) * sizeof(T)); }
+  std::vector<T> download() const {
+    std::vector<T> h(n);
+    cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+  }
+};
+
+void sync_ok() {
+  ck(cudaGetLastError(), "launch");
+  ck(cudaDeviceSynchronize(), "synchronize");
+}
+
+uint16_t f32_to_half_bits(float f, DType dt) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (dt == DType::bf16) {
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+  }
+  // f16, round to nearest even (values here are normal and in range)
+  const uint32_t sign = (u >> 16) & 0x8000u, au = u & 0x7fffffffu;
+  if (au < 0x38800000u) return uint16_t(sign);  // tiny: flush (not produced by the generators)
+  uint32_t r = au + 0xfffu + ((au >> 13) & 1u) - (112u << 23);
+  return uint16_t(sign | (r >> 13));
+}
+
+// Random K or V storage [heads][tokens][dim] of a 16-bit dtype, N(0, sigma) plus an outlier channel.
+std::vector<uint16_t> random_kv(std::mt19937& rng, DType dt, int64_t heads, int64_t tokens, int64_t dim,
+                                double sigma) {
+  std::normal_distribution<double> nd(0.0, sigma);
+  std::vector<uint16_t> out(size_t(heads * tokens * dim));
+  for (size_t i = 0; i < out.size(); ++i) {
+    double x = nd(rng);
+    if (i % dim == 3) x *= 6;  // an outlier channel, as in real keys
+    out[i] = f32_to_half_bits(float(x), dt);
+  }
+  return out;
+}
+
+std::vector<float> random_f32(std::mt19937& rng, size_t n, double sigma) {
+  std::normal_distribution<double> nd(0.0, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = float(nd(rng));
+  return v;
+}
+
+Thresholds random_thresholds(std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(0.2f, 1.5f);
+  const float mid = std::uniform_real_distribution<float>(-0.3f, 0.3f)(rng);
+  return {mid - u(rng), mid, mid + u(rng)};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+class CudaDims : public ::testing::TestWithParam<std::tuple<int, DType>> {};
+
+TEST_P(CudaDims, EncodeKeysBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  const auto [dim, dt] = GetParam();
+  const int64_t heads = 5, tokens = 777, begin = 100, end = 700;
+  auto k = random_kv(rng, dt, heads, tokens, dim, 1.0);
+  std::vector<Thresholds> thr(heads);
+  for (auto& t : thr) t = random_thresholds(rng);
+  // CPU reference over [begin, end) (other rows stay 0xFF on both sides)
+  std::vector<uint8_t> ref(size_t(heads * tokens * dim / 4), 0xFF);
+  const HeadsView kh = HeadsView::contiguous(k.data(), dt, heads, tokens, dim);
+  encode_keys(kh, begin, end, thr, MutCodesView::contiguous(ref.data(), heads, tokens, dim));
+  Dev<uint16_t> dk(k);
+  Dev<Thresholds> dthr(thr);
+  Dev<uint8_t> dcodes(ref.size());
+  dcodes.poison();
+  cuda::encode_keys(HeadsView::contiguous(dk.p, dt, heads, tokens, dim), begin, end, dthr.p, heads,
+                    MutCodesView::contiguous(dcodes.p, heads, tokens, dim), nullptr);
+  sync_ok();
+  const auto got = dcodes.download();
+  size_t diff = 0;
+  for (size_t i = 0; i < ref.size(); ++i) diff += got[i] != ref[i];
+  EXPECT_EQ(diff, 0u) << "code bytes differ from the CPU's";
+  // and with one shared threshold set (the paper's defaults, on scaled keys so all buckets occur)
+  auto k2 = random_kv(rng, dt, heads, tokens, dim, 12.0);
+  dk.upload(k2);
+  const std::vector<Thresholds> one{Thresholds{}};
+  Dev<Thresholds> done(one);
+  std::fill(ref.begin(), ref.end(), 0xFF);
+  encode_keys(HeadsView::contiguous(k2.data(), dt, heads, tokens, dim), 0, tokens, one,
+              MutCodesView::contiguous(ref.data(), heads, tokens, dim));
+  dcodes.poison();
+  cuda::encode_keys(HeadsView::contiguous(dk.p, dt, heads, tokens, dim), 0, tokens, done.p, 1,
+                    MutCodesView::contiguous(dcodes.p, heads, tokens, dim), nullptr);
+  sync_ok();
+  EXPECT_EQ(dcodes.download(), ref);
+}
+
+TEST_P(CudaDims, EncodeQueriesBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  const int dim = std::get<0>(GetParam());
+  const int64_t n = 300;
+  auto q = random_f32(rng, size_t(n * dim), 1.0);
+  std::vector<Thresholds> thr(n);
+  for (auto& t : thr) t = random_thresholds(rng);
+  std::vector<uint8_t> ref(size_t(n * dim / 4));
+  for (int64_t i = 0; i < n; ++i) encode_vector(q.data() + i * dim, DType::f32, dim, thr[i], ref.data() + i * dim / 4);
+  Dev<float> dq(q);
+  Dev<Thresholds> dthr(thr);
+  Dev<uint8_t> dc(ref.size());
+  dc.poison();
+  cuda::encode_vectors(dq.p, DType::f32, n, dim, dim, dthr.p, n, dc.p, nullptr);
+  sync_ok();
+  EXPECT_EQ(dc.download(), ref);
+}
+
+TEST_P(CudaDims, L1DistancesExact) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  const int dim = std::get<0>(GetParam());
+  const int64_t heads = 3, tokens = 5000;
+  std::vector<uint8_t> codes(size_t(heads * tokens * dim / 4)), qc(size_t(dim / 4));
+  for (auto& c : codes) c = uint8_t(rng());
+  for (auto& c : qc) c = uint8_t(rng());
+  const CodesView cv = CodesView::contiguous(codes.data(), heads, tokens, dim);
+  std::vector<uint16_t> ref(tokens);
+  l1_distances(qc.data(), cv, 1, ref.data());
+  Dev<uint8_t> dcodes(codes), dq(qc);
+  Dev<uint16_t> dout{size_t(tokens)};
+  dout.poison();
+  cuda::l1_distances(dq.p, CodesView::contiguous(dcodes.p, heads, tokens, dim), 1, dout.p, nullptr);
+  sync_ok();
+  EXPECT_EQ(dout.download(), ref);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, CudaDims,
+                         ::testing::Combine(::testing::Values(64, 128, 256),
+                                            ::testing::Values(DType::f16, DType::bf16)),
+                         [](const auto& info) {
+                           return "d" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  dtype_name(std::get<1>(info.param));
+                         });
+
+// ---------------------------------------------------------------------------------------------------------------
+// A batch on the device: K, V, codes per sequence (CPU-encoded: the encoder test shows the GPU's are the same).
+
+struct Case {
+  int dim = 128;
+  int n_heads = 8, kv_heads = 8;
+  DType dt = DType::f16;
+  std::vector<int64_t> lens;
+  double key_sigma = 1.0;
+  int code_mode = 0;  // 0: codes of K; 1: random bytes; 2: all one value (all ties); 3: 4 distinct code rows
+};
+
+struct Batch {
+  Case c;
+  std::vector<std::vector<uint16_t>> k, v;
+  std::vector<std::vector<uint8_t>> codes;
+  std::vector<float> q;  // [batch][n_heads][dim]
+  std::vector<std::unique_ptr<Dev<uint16_t>>> dk, dv;
+  std::vector<std::unique_ptr<Dev<uint8_t>>> dcodes;
+  std::unique_ptr<Dev<float>> dq;
+  std::vector<cuda::SequenceCache> seqs;
+
+  Batch(const Case& cs, std::mt19937& rng, const Thresholds& thr) : c(cs) {
+    const int64_t D = c.dim;
+    for (int64_t n : c.lens) {
+      k.push_back(random_kv(rng, c.dt, c.kv_heads, n, D, c.key_sigma));
+      v.push_back(random_kv(rng, c.dt, c.kv_heads, n, D, 1.0));
+      std::vector<uint8_t> cd(size_t(c.kv_heads * n * D / 4));
+      if (c.code_mode == 0) {
+        const std::vector<Thresholds> one{thr};
+        encode_keys(HeadsView::contiguous(k.back().data(), c.dt, c.kv_heads, n, D), 0, n, one,
+                    MutCodesView::contiguous(cd.data(), c.kv_heads, n, D));
+      } else if (c.code_mode == 1) {
+        for (auto& x : cd) x = uint8_t(rng());
+      } else if (c.code_mode == 2) {
+        std::fill(cd.begin(), cd.end(), uint8_t(0x5A));
+      } else {
+        std::vector<uint8_t> rows(size_t(4 * D / 4));
+        for (auto& x : rows) x = uint8_t(rng());
+        for (int64_t r = 0; r < c.kv_heads * n; ++r) {
+          const int pick = int(rng() % 4);
+          std::memcpy(cd.data() + r * D / 4, rows.data() + pick * D / 4, size_t(D / 4));
+        }
+      }
+      codes.push_back(std::move(cd));
+    }
+    q = random_f32(rng, size_t(c.lens.size() * c.n_heads * D), 1.0);
+    for (size_t b = 0; b < c.lens.size(); ++b) {
+      dk.push_back(std::make_unique<Dev<uint16_t>>(k[b]));
+      dv.push_back(std::make_unique<Dev<uint16_t>>(v[b]));
+      dcodes.push_back(std::make_unique<Dev<uint8_t>>(codes[b]));
+      const int64_t n = c.lens[b];
+      seqs.push_back({HeadsView::contiguous(dk[b]->p, c.dt, c.kv_heads, n, D),
+                      HeadsView::contiguous(dv[b]->p, c.dt, c.kv_heads, n, D),
+                      CodesView::contiguous(dcodes[b]->p, c.kv_heads, n, D)});
+    }
+    dq = std::make_unique<Dev<float>>(q);
+  }
+  cuda::BatchInputs inputs() const { return {dq->p, c.n_heads, seqs, nullptr}; }
+  DecodeInputs cpu_inputs(size_t b) const {
+    DecodeInputs in;
+    in.q = q.data() + b * c.n_heads * c.dim;
+    in.n_heads = c.n_heads;
+    const int64_t n = c.lens[b];
+    in.k = HeadsView::contiguous(k[b].data(), c.dt, c.kv_heads, n, c.dim);
+    in.v = HeadsView::contiguous(v[b].data(), c.dt, c.kv_heads, n, c.dim);
+    in.codes = CodesView::contiguous(codes[b].data(), c.kv_heads, n, c.dim);
+    return in;
+  }
+};
+
+// The CPU's selection for (sequence b, unit u): its own query codes, l1 distances, (sum), select_topk.
+std::vector<int32_t> cpu_selection(const Batch& bt, size_t b, int64_t unit, const AttentionConfig& cfg) {
+  const DecodeInputs in = bt.cpu_inputs(b);
+  const int64_t D = bt.c.dim, n = in.k.tokens, g = bt.c.n_heads / bt.c.kv_heads;
+  const bool shared = cfg.group == GroupSelection::shared_sum;
+  std::vector<uint32_t> acc(size_t(n), 0);
+  const int64_t h0 = shared ? unit * g : unit, h1 = shared ? h0 + g : h0 + 1;
+  std::vector<uint16_t> d(static_cast<size_t>(n));
+  for (int64_t h = h0; h < h1; ++h) {
+    std::vector<uint8_t> qc(size_t(D / 4));
+    encode_vector(in.q + h * D, DType::f32, D, cfg.thresholds, qc.data());
+    l1_distances(qc.data(), in.codes, h / g, d.data());
+    for (int64_t j = 0; j < n; ++j) acc[j] += d[j];
+  }
+  for (int64_t j = 0; j < n; ++j) d[j] = uint16_t(acc[j]);
+  std::vector<int32_t> out(size_t(std::min(cfg.budget, n)));
+  const int64_t m = select_topk(d.data(), n, int(3 * D * (shared ? g : 1)),
+                                {cfg.budget, cfg.sink, cfg.window}, out.data());
+  out.resize(size_t(m));
+  return out;
+}
+
+void expect_selection_matches(const Batch& bt, const AttentionConfig& cfg, cuda::Workspace& ws) {
+  auto& in_seqs = bt.seqs;
+  (void)in_seqs;
+  const cuda::SelectionView sel = cuda::select(bt.inputs(), cfg, ws, nullptr);
+  sync_ok();
+  std::vector<int32_t> idx(size_t(sel.batch * sel.units * sel.capacity)), cnt(size_t(sel.batch * sel.units));
+  ck(cudaMemcpy(idx.data(), sel.indices, idx.size() * 4, cudaMemcpyDeviceToHost), "copy idx");
+  ck(cudaMemcpy(cnt.data(), sel.counts, cnt.size() * 4, cudaMemcpyDeviceToHost), "copy counts");
+  for (size_t b = 0; b < bt.c.lens.size(); ++b)
+    for (int64_t u = 0; u < sel.units; ++u) {
+      const auto ref = cpu_selection(bt, b, u, cfg);
+      const int64_t row = int64_t(b) * sel.units + u;
+      ASSERT_EQ(cnt[row], int32_t(ref.size())) << "sequence " << b << " unit " << u;
+      const std::vector<int32_t> got(idx.begin() + row * sel.capacity, idx.begin() + row * sel.capacity + cnt[row]);
+      ASSERT_EQ(got, ref) << "sequence " << b << " (n = " << bt.c.lens[b] << ") unit " << u;
+    }
+}
+
+struct SelectCase {
+  const char* name;
+  Case c;
+  int64_t budget, sink, window;
+  GroupSelection group;
+};
+
+std::vector<SelectCase> select_cases() {
+  std::vector<SelectCase> v;
+  v.push_back({"mha_d128", {128, 8, 8, DType::f16, {20000}, 1.0, 0}, 256, 0, 0, GroupSelection::per_head});
+  v.push_back({"mha_d128_sink_window", {128, 4, 4, DType::f16, {9000}, 1.0, 0}, 300, 4, 32, GroupSelection::per_head});
+  v.push_back({"gqa4_d128_batch", {128, 8, 2, DType::bf16, {5000, 70, 13000, 4096, 4097}, 1.0, 0}, 1000, 2, 8,
+               GroupSelection::per_head});
+  v.push_back({"gqa4_shared_sum", {128, 8, 2, DType::f16, {12000, 3000}, 1.0, 0}, 512, 1, 1,
+               GroupSelection::shared_sum});
+  v.push_back({"gqa8_d64_random_codes", {64, 16, 2, DType::f16, {30000}, 1.0, 1}, 4096, 0, 0, GroupSelection::per_head});
+  v.push_back({"d256_random_codes", {256, 2, 2, DType::f16, {17000, 500}, 1.0, 1}, 128, 3, 3, GroupSelection::per_head});
+  v.push_back({"all_ties", {128, 2, 2, DType::f16, {10000}, 1.0, 2}, 700, 5, 10, GroupSelection::per_head});
+  v.push_back({"few_distances", {128, 4, 2, DType::f16, {40000, 9999}, 1.0, 3}, 2000, 0, 1, GroupSelection::per_head});
+  v.push_back({"few_distances_shared", {64, 8, 1, DType::f16, {25000}, 1.0, 3}, 64, 0, 0, GroupSelection::shared_sum});
+  v.push_back({"budget_covers_all", {128, 4, 4, DType::f16, {300, 256, 4000}, 1.0, 0}, 512, 0, 0, GroupSelection::per_head});
+  v.push_back({"budget_one", {128, 2, 2, DType::f16, {5000}, 1.0, 0}, 1, 0, 0, GroupSelection::per_head});
+  return v;
+}
+
+TEST(CudaSelect, IdenticalToCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  for (const auto& sc : select_cases()) {
+    SCOPED_TRACE(sc.name);
+    AttentionConfig cfg;
+    cfg.budget = sc.budget, cfg.sink = sc.sink, cfg.window = sc.window, cfg.group = sc.group;
+    cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+    Batch bt(sc.c, rng, cfg.thresholds);
+    expect_selection_matches(bt, cfg, ws);
+    // twice on the same workspace: the kernels leave their scratch clean
+    expect_selection_matches(bt, cfg, ws);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+double rel_err(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+constexpr double kTol = 2e-5;
+
+struct AttnCase {
+  const char* name;
+  Case c;
+};
+
+std::vector<AttnCase> attn_cases() {
+  return {{"mha_d128_f16", {128, 8, 8, DType::f16, {5000}}},
+          {"mha_d128_bf16_batch", {128, 4, 4, DType::bf16, {3000, 17, 1, 9000}}},
+          {"gqa4_d128", {128, 16, 4, DType::f16, {20000, 64}}},
+          {"gqa8_d64", {64, 16, 2, DType::bf16, {7000}}},
+          {"gqa2_d256", {256, 4, 2, DType::f16, {4000, 333}}}};
+}
+
+TEST(CudaAttend, DenseMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  for (const auto& ac : attn_cases()) {
+    SCOPED_TRACE(ac.name);
+    Batch bt(ac.c, rng, Thresholds{});
+    const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size());
+    const float scale = 1.0f / std::sqrt(float(D));
+    Dev<float> dout(size_t(B * H * D));
+    dout.poison();
+    cuda::attend_dense(bt.inputs(), scale, ws, dout.p, nullptr);
+    sync_ok();
+    const auto got = dout.download();
+    std::vector<float> ref(size_t(B * H * D));
+    for (int64_t b = 0; b < B; ++b) {
+      const DecodeInputs in = bt.cpu_inputs(size_t(b));
+      attend_dense_decode(in.q, H, in.k, in.v, scale, ref.data() + b * H * D);
+    }
+    EXPECT_LT(rel_err(got, ref), kTol);
+  }
+}
+
+TEST(CudaAttend, SelectedRowsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  for (const auto& ac : attn_cases()) {
+    for (GroupSelection gs : {GroupSelection::per_head, GroupSelection::shared_sum}) {
+      for (int64_t budget : {64, 1000, 4096}) {
+        SCOPED_TRACE(std::string(ac.name) + " " + group_selection_name(gs) + " budget " + std::to_string(budget));
+        AttentionConfig cfg;
+        cfg.budget = budget, cfg.group = gs, cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+        Batch bt(ac.c, rng, cfg.thresholds);
+        const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size()), g = H / ac.c.kv_heads;
+        const float scale = 1.0f / std::sqrt(float(D));
+        const cuda::SelectionView sel = cuda::select(bt.inputs(), cfg, ws, nullptr);
+        Dev<float> dout(size_t(B * H * D));
+        dout.poison();
+        cuda::attend_selected(bt.inputs(), cfg, ws, scale, dout.p, nullptr);
+        sync_ok();
+        const auto got = dout.download();
+        std::vector<int32_t> idx(size_t(sel.batch * sel.units * sel.capacity)), cnt(size_t(sel.batch * sel.units));
+        ck(cudaMemcpy(idx.data(), sel.indices, idx.size() * 4, cudaMemcpyDeviceToHost), "idx");
+        ck(cudaMemcpy(cnt.data(), sel.counts, cnt.size() * 4, cudaMemcpyDeviceToHost), "cnt");
+        std::vector<float> ref(size_t(B * H * D));
+        for (int64_t b = 0; b < B; ++b) {
+          const DecodeInputs in = bt.cpu_inputs(size_t(b));
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t row = b * sel.units + (sel.shared ? h / g : h);
+            attend_rows(in.q + h * D, in.k, in.v, h / g, idx.data() + row * sel.capacity, cnt[row], scale,
+                        ref.data() + (b * H + h) * D);
+          }
+        }
+        EXPECT_LT(rel_err(got, ref), kTol);
+      }
+    }
+  }
+}
+
+TEST(CudaDecode, MatchesCpuDecodeAttention) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  for (const auto& ac : attn_cases()) {
+    for (Method m : {Method::full, Method::adamas}) {
+      for (GroupSelection gs : {GroupSelection::per_head, GroupSelection::shared_sum}) {
+        if (m == Method::full && gs != GroupSelection::per_head) continue;
+        SCOPED_TRACE(std::string(ac.name) + " " + method_name(m) + " " + group_selection_name(gs));
+        AttentionConfig cfg;
+        cfg.method = m, cfg.budget = 256, cfg.sink = 2, cfg.window = 16, cfg.group = gs;
+        cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+        Batch bt(ac.c, rng, cfg.thresholds);
+        const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size());
+        Dev<float> dout(size_t(B * H * D));
+        dout.poison();
+        cuda::decode_attention(bt.inputs(), cfg, ws, dout.p, nullptr);
+        sync_ok();
+        const auto got = dout.download();
+        std::vector<float> ref(size_t(B * H * D));
+        DecodeWorkspace cws;
+        for (int64_t b = 0; b < B; ++b) decode_attention(bt.cpu_inputs(size_t(b)), cfg, cws, ref.data() + b * H * D);
+        EXPECT_LT(rel_err(got, ref), kTol);
+      }
+    }
+  }
+}
+
+TEST(CudaApi, RejectsBadInputs) {
+  SKIP_WITHOUT_GPU();
+  cuda::Workspace ws;
+  AttentionConfig cfg;
+  cuda::BatchInputs in;
+  EXPECT_THROW(cuda::decode_attention(in, cfg, ws, nullptr, nullptr), Error);
+  cfg.group = GroupSelection::shared_union;
+  EXPECT_THROW(cuda::select(in, cfg, ws, nullptr), Error);
+}
+
+}  // namespace
