@@ -117,7 +117,7 @@ bool Tokenizer::is_end_of_generation(int32_t id) const {
 }
 
 std::optional<int32_t> Tokenizer::find_token(std::string_view text) const {
-  const auto it = token_ids_.find(std::string(text));
+  const auto it = token_ids_.find(text);
   if (it == token_ids_.end()) return std::nullopt;
   return it->second;
 }
@@ -170,7 +170,7 @@ void Tokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out) c
   }
 
   for (int32_t i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
-    const std::string s = w.substr(sym[i].begin, sym[i].len);
+    const std::string_view s = std::string_view(w).substr(sym[i].begin, sym[i].len);
     const auto it = token_ids_.find(s);
     if (it != token_ids_.end()) {
       out.push_back(it->second);
@@ -191,7 +191,23 @@ void Tokenizer::encode_plain(std::string_view text, std::vector<int32_t>& out) c
   std::vector<unicode::Span> spans;
   if (pre_kind_ == Pre::digits_gpt2) unicode::split_digits_then_gpt2(cps, spans);
   else unicode::split_gpt2(cps, 0, cps.size(), spans);
-  for (const auto& s : spans) encode_word(text.substr(s.begin, s.end - s.begin), out);
+  // Words repeat a lot in real text: remember the ids of each distinct word of this call.
+  std::unordered_map<std::string_view, std::pair<size_t, size_t>> seen;  // word -> [begin, end) in out
+  for (const auto& s : spans) {
+    const std::string_view word = text.substr(s.begin, s.end - s.begin);
+    const auto it = seen.find(word);
+    if (it != seen.end()) {
+      const auto [b, e] = it->second;
+      for (size_t k = b; k < e; ++k) {
+        const int32_t id = out[k];
+        out.push_back(id);
+      }
+      continue;
+    }
+    const size_t before = out.size();
+    encode_word(word, out);
+    if (word.size() > 1) seen.emplace(word, std::make_pair(before, out.size()));
+  }
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special) const {

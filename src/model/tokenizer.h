@@ -76,8 +76,13 @@ class Tokenizer {
   Pre pre_kind_ = Pre::gpt2;
   std::vector<std::string> tokens_;
   std::vector<TokenType> types_;
-  std::unordered_map<std::string, int32_t> token_ids_;
-  std::unordered_map<std::string, int32_t> merge_ranks_;  // "left right" -> rank
+  struct StringHash {  // lets the maps be searched with a string_view, without building a std::string
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using StringMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+  StringMap token_ids_;
+  StringMap merge_ranks_;  // "left right" -> rank
   std::vector<int32_t> specials_;  // control/user-defined ids, longest text first
   std::vector<int32_t> end_of_generation_;
   int32_t bos_ = -1, eos_ = -1, unk_ = -1;
