@@ -184,9 +184,6 @@ inline float hsum(__m256 v) {
 inline __m256 i8x8_to_ps(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
-inline __m256 u8x8_to_ps(const uint8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
 
 float dot_f32_avx2(const float* a, const float* x, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -200,50 +197,54 @@ float dot_f32_avx2(const float* a, const float* x, int64_t n) {
   return s;
 }
 
+// Four independent accumulators (one per 8 lanes of a 32 block) keep the FMA chains short.
 float dot_q8_0_avx2(const void* row, const float* x, int64_t nb) {
-  __m256 acc = _mm256_setzero_ps();
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
     const auto* b = static_cast<const uint8_t*>(row) + i * int64_t(sizeof(BlockQ8_0));
     uint16_t d16;
     std::memcpy(&d16, b, 2);
     const auto* qs = reinterpret_cast<const int8_t*>(b + 2);
-    __m256 s = _mm256_mul_ps(i8x8_to_ps(qs), _mm256_loadu_ps(x));
-    s = _mm256_fmadd_ps(i8x8_to_ps(qs + 8), _mm256_loadu_ps(x + 8), s);
-    s = _mm256_fmadd_ps(i8x8_to_ps(qs + 16), _mm256_loadu_ps(x + 16), s);
-    s = _mm256_fmadd_ps(i8x8_to_ps(qs + 24), _mm256_loadu_ps(x + 24), s);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(d16)), s, acc);
+    const __m256 d = _mm256_set1_ps(f16_to_f32(d16));
+    acc0 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(qs)), _mm256_loadu_ps(x), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(qs + 8)), _mm256_loadu_ps(x + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(qs + 16)), _mm256_loadu_ps(x + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(qs + 24)), _mm256_loadu_ps(x + 24), acc3);
   }
-  return hsum(acc);
+  return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
 }
 
-// Q4_0 / Q4_1: sum = d * sum(q * x) + (m or -8d) * sum(x). Nibbles are split into two 16-byte halves.
+inline __m256 u8x8_lo_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+inline __m256 u8x8_hi_to_ps(__m128i v) { return u8x8_lo_to_ps(_mm_srli_si128(v, 8)); }
+
+// Q4_0 / Q4_1: sum = sum(d * q * x) + (m or -8d) * sum(x). Byte j holds element j (low) and j + 16 (high).
 template <bool kHasMin>
 float dot_q4_avx2(const void* row, const float* x, int64_t nb) {
   constexpr int64_t kBytes = kHasMin ? 20 : 18;
   const __m128i low_mask = _mm_set1_epi8(0xF);
-  __m256 acc = _mm256_setzero_ps();
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
     const auto* b = static_cast<const uint8_t*>(row) + i * kBytes;
     uint16_t d16, m16 = 0;
     std::memcpy(&d16, b, 2);
     if constexpr (kHasMin) std::memcpy(&m16, b + 2, 2);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (kHasMin ? 4 : 2)));
-    alignas(16) uint8_t lo[16], hi[16];
-    _mm_store_si128(reinterpret_cast<__m128i*>(lo), _mm_and_si128(q, low_mask));
-    _mm_store_si128(reinterpret_cast<__m128i*>(hi), _mm_and_si128(_mm_srli_epi16(q, 4), low_mask));
+    const __m128i lo = _mm_and_si128(q, low_mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low_mask);
     const __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
     const __m256 x2 = _mm256_loadu_ps(x + 16), x3 = _mm256_loadu_ps(x + 24);
-    __m256 qx = _mm256_mul_ps(u8x8_to_ps(lo), x0);
-    qx = _mm256_fmadd_ps(u8x8_to_ps(lo + 8), x1, qx);
-    qx = _mm256_fmadd_ps(u8x8_to_ps(hi), x2, qx);
-    qx = _mm256_fmadd_ps(u8x8_to_ps(hi + 8), x3, qx);
-    const __m256 sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-    const float d = f16_to_f32(d16);
-    const float m = kHasMin ? f16_to_f32(m16) : -8.0f * d;
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), qx, acc);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(m), sx, acc);
+    const float df = f16_to_f32(d16);
+    const __m256 d = _mm256_set1_ps(df);
+    const __m256 m = _mm256_set1_ps(kHasMin ? f16_to_f32(m16) : -8.0f * df);
+    acc0 = _mm256_fmadd_ps(_mm256_mul_ps(d, u8x8_lo_to_ps(lo)), x0, acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_mul_ps(d, u8x8_hi_to_ps(lo)), x1, acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_mul_ps(d, u8x8_lo_to_ps(hi)), x2, acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_mul_ps(d, u8x8_hi_to_ps(hi)), x3, acc3);
+    accm = _mm256_fmadd_ps(m, _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)), accm);
   }
-  return hsum(acc);
+  return hsum(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)), accm));
 }
 
 float dot_f16_avx2(const void* row, const float* x, int64_t n) {
