@@ -17,7 +17,7 @@ class RowsAttention {
   RowsAttention(const float* q, int64_t q_stride, int64_t n_rows, int64_t dim, float scale,
                 const int64_t* limits = nullptr);
 
-  static constexpr int kPrefetchBlocks = 2;  // how far ahead add_range asks for rows
+  static constexpr int kPrefetchBlocks = 4;  // how far ahead add_range asks for rows
 
   // Fold in the keys/values of KV head `head` at the token indices idx[0..n), n <= kBlock.
   void add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n);

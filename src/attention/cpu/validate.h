@@ -6,8 +6,12 @@
 
 namespace adamas {
 
+// A head_dim that is not a power of two is invalid (the Hadamard transform needs one); a power of two outside
+// [16, 512] is valid but not supported by this build.
 inline void check_dim(int64_t dim, const char* where) {
-  ADAMAS_CHECK(is_supported_dim(dim), ErrorKind::invalid_argument,
+  ADAMAS_CHECK(dim > 0 && (dim & (dim - 1)) == 0, ErrorKind::invalid_argument,
+               "{}: head_dim {} is not a power of two", where, dim);
+  ADAMAS_CHECK(is_supported_dim(dim), ErrorKind::unsupported,
                "{}: head_dim {} is not supported (expected a power of two in [16, 512])", where, dim);
 }
 
