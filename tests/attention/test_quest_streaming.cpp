@@ -36,7 +36,8 @@ TEST(Quest, UpdatePagesIncrementalEqualsBruteForce) {
           adamas::HeadsView grown = k.view();
           grown.tokens = end;
           adamas::quest_update_pages(grown, begin, end, pages.view);
-          chunks += " " + std::to_string(end);
+          chunks += ' ';
+          chunks += std::to_string(end);
           begin = end;
         }
         SCOPED_TRACE("chunk ends:" + chunks);
