@@ -24,6 +24,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!adamas::ggml_type_info(t.type).dequantizable || t.row_length() > (1 << 16)) continue;
       row.resize(size_t(t.row_length()));
       adamas::dequantize_row(t.type, t.row(0), row.data(), t.row_length());
+      std::vector<float> x(row.size(), 1.0f);
+      (void)adamas::vec_dot(t.type, t.row(t.n_rows() - 1), x.data(), t.row_length());
     }
     try {
       const adamas::Tokenizer tok = adamas::Tokenizer::from_gguf(f);
