@@ -175,8 +175,8 @@ class GgufParser {
                  "{}: unsupported GGUF version {} (supported: 2, 3)", f_.source_, f_.version_);
     const uint64_t n_tensors = u64("tensor count");
     const uint64_t n_kv = u64("metadata count");
-    // Each kv takes at least 8 + 1 + 4 + 1 bytes, each tensor info at least 8 + 1 + 4 + 8 + 4 + 8.
-    ADAMAS_CHECK(n_kv <= remaining() / 14, ErrorKind::format,
+    // Each kv takes at least 8 + 4 + 1 bytes, each tensor info at least 8 + 1 + 4 + 8 + 4 + 8.
+    ADAMAS_CHECK(n_kv <= remaining() / 13, ErrorKind::format,
                  "{}: metadata count {} is impossible for a file of {} bytes", f_.source_, n_kv, f_.size_);
     ADAMAS_CHECK(n_tensors <= remaining() / 33, ErrorKind::format,
                  "{}: tensor count {} is impossible for a file of {} bytes", f_.source_, n_tensors, f_.size_);
