@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
       }
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      __syncwarp();  // every lane has read s_m before lane 0 rewrites it
       if (lane == 0) s_l[warp] = s_l[warp] * alpha + sum, s_m[warp] = m_new, s_alpha[warp] = alpha;
     }
     __syncthreads();
