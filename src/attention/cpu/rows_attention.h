@@ -17,8 +17,6 @@ class RowsAttention {
   RowsAttention(const float* q, int64_t q_stride, int64_t n_rows, int64_t dim, float scale,
                 const int64_t* limits = nullptr);
 
-  static constexpr int kPrefetchBlocks = 4;  // how far ahead add_range asks for rows
-
   // Fold in the keys/values of KV head `head` at the token indices idx[0..n), n <= kBlock.
   void add_block(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx, int64_t n);
   // Fold in tokens [begin, end) (any length).
@@ -40,7 +38,8 @@ class RowsAttention {
   float scale_;
   const int64_t* limits_;
   std::vector<float> m_, l_, acc_;
-  std::vector<float> kt_, vt_, s_, p_, corr_;  // block scratch: K, V rows in f32; per row scores, probabilities, rescale
+  std::vector<float> scratch_;       // the portable path's f32 copy of a block's rows
+  std::vector<float> s_, p_, corr_;  // per row: the block's scores and probabilities, the accumulator's rescale
 };
 
 // Merge `parts` partial states (max m, sum l, accumulator acc[dim]) of one query row into out[dim].
