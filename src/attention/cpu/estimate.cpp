@@ -89,27 +89,30 @@ std::vector<uint8_t> query_masks(const uint8_t* queries, int64_t n) {
   return m;
 }
 
-// Codes of 32*chunks bytes (d >= 128): one key per vector group; 4 keys per iteration, their 4 lane sums packed
-// into 16-bit fields of one 64-bit lane, so one horizontal add yields 4 distances.
+// Codes of 32*C bytes (d = 128 C): C vectors per key; 4 keys per iteration, their 4 lane sums packed into 16-bit
+// fields of one 64-bit lane, so one horizontal add yields 4 distances. C is a template parameter so the chunk loop
+// unrolls and every partial sum stays in a register.
+template <int C>
 void group_wide(const uint8_t* queries, int64_t n_queries, const uint8_t* keys, int64_t key_stride, int64_t n,
-                int64_t bytes, uint16_t* out, int64_t out_stride) {
-  const int64_t chunks = bytes / 32;
+                uint16_t* out, int64_t out_stride) {
+  constexpr int64_t bytes = 32 * C;
   const std::vector<uint8_t> masks = query_masks(queries, n_queries * bytes);
   auto vec = [](const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
   const __m256i zero = _mm256_setzero_si256();
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
     const uint8_t* k0 = keys + j * key_stride;
+    __m256i kv[4][C];
+    for (int r = 0; r < 4; ++r)
+      for (int c = 0; c < C; ++c) kv[r][c] = vec(k0 + r * key_stride + 32 * c);
     for (int64_t h = 0; h < n_queries; ++h) {
       __m256i sums[4];
       for (int r = 0; r < 4; ++r) {
-        __m256i acc = zero;
-        for (int64_t c = 0; c < chunks; ++c) {
-          const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k0 + r * key_stride + 32 * c));
-          const int64_t at = h * bytes + 32 * c;
-          acc = _mm256_add_epi8(acc, byte_l1(vec(queries + at), vec(masks.data() + at), k));  // <= 48 per byte
-        }
-        sums[r] = _mm256_sad_epu8(acc, zero);  // 4 lanes of <= 8*48
+        __m256i acc = byte_l1(vec(queries + h * bytes), vec(masks.data() + h * bytes), kv[r][0]);
+        for (int c = 1; c < C; ++c)  // <= 12 * C <= 48 per byte
+          acc = _mm256_add_epi8(acc, byte_l1(vec(queries + h * bytes + 32 * c), vec(masks.data() + h * bytes + 32 * c),
+                                             kv[r][c]));
+        sums[r] = _mm256_sad_epu8(acc, zero);  // 4 lanes of <= 8 * 48
       }
       __m256i packed = _mm256_or_si256(
           _mm256_or_si256(sums[0], _mm256_slli_epi64(sums[1], 16)),
@@ -159,7 +162,9 @@ void group_d64(const uint8_t* queries, int64_t n_queries, const uint8_t* keys, i
 void l1_group_simd(const uint8_t* queries, int64_t n_queries, const uint8_t* keys, int64_t key_stride, int64_t n,
                    int64_t bytes, uint16_t* out, int64_t out_stride) {
 #if defined(__AVX2__)
-  if (bytes % 32 == 0) return group_wide(queries, n_queries, keys, key_stride, n, bytes, out, out_stride);
+  if (bytes == 32) return group_wide<1>(queries, n_queries, keys, key_stride, n, out, out_stride);
+  if (bytes == 64) return group_wide<2>(queries, n_queries, keys, key_stride, n, out, out_stride);
+  if (bytes == 128) return group_wide<4>(queries, n_queries, keys, key_stride, n, out, out_stride);
   if (bytes == 16) return group_d64(queries, n_queries, keys, key_stride, n, out, out_stride);
 #endif
   l1_group_words(queries, n_queries, keys, key_stride, n, bytes, out, out_stride);

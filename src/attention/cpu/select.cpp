@@ -1,5 +1,6 @@
 // Top-k selection over small integer distances: a counting pass and a compaction pass, O(n + max_distance).
 #include <algorithm>
+#include <bit>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -20,13 +21,78 @@ void validate_select(const SelectOptions& o) {
                o.budget);
 }
 
+namespace {
+
+// Keeps the `need` smallest distances among the tokens `at(0..m)` (increasing token order), ties at the cut-off
+// to the most recent, by a histogram over [0, max_distance]; appends them to out. Returns the number written.
+template <class At>
+int64_t select_among(const uint16_t* distances, At at, int64_t m, int64_t need, int max_distance, int32_t* out) {
+  // 4 interleaved histograms, so equal neighbours do not serialize on one counter.
+  thread_local std::vector<uint32_t> hist;
+  const size_t bins = size_t(max_distance) + 1;
+  hist.assign(4 * bins, 0);
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    for (int u = 0; u < 4; ++u) ++hist[u * bins + distances[at(i + u)]];
+  for (; i < m; ++i) ++hist[distances[at(i)]];
+  // Cut-off: every distance < cut is kept, and the last `take` of the `ties` at cut.
+  int64_t below = 0, cut = 0, take = 0, ties = 0;
+  for (size_t b = 0; b < bins; ++b) {
+    const int64_t c = int64_t(hist[b]) + hist[bins + b] + hist[2 * bins + b] + hist[3 * bins + b];
+    if (below + c >= need) {
+      cut = int64_t(b), take = need - below, ties = c;
+      break;
+    }
+    below += c;
+  }
+  int64_t count = 0, skip = ties - take;  // the oldest ties are dropped
+  for (int64_t k = 0; k < m && count < need; ++k) {
+    const int64_t j = at(k), d = distances[j];
+    if (d < cut || (d == cut && skip-- <= 0)) out[count++] = int32_t(j);
+  }
+  return count;
+}
+
+// Writes to `out` (room for end - begin) the tokens j in [begin, end) with distances[j] <= limit, in increasing
+// order; returns their number and the largest distance seen in the range.
+std::pair<int64_t, uint32_t> collect_at_most(const uint16_t* distances, int64_t begin, int64_t end, uint32_t limit,
+                                             int32_t* out) {
+  uint32_t largest = 0;
+  int64_t count = 0;
+  int64_t j = begin;
+#if defined(__AVX2__)
+  // Few tokens pass: compare 16 at once and look closer only where one does.
+  const __m256i bound = _mm256_set1_epi16(int16_t(uint16_t(std::min<uint32_t>(limit, 65534) + 1)));
+  __m256i top = _mm256_setzero_si256();
+  for (; j + 16 <= end; j += 16) {
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(distances + j));
+    top = _mm256_max_epu16(top, d);
+    // d <= limit  <=>  min(d, limit + 1) != limit + 1  (unsigned)
+    const __m256i above = _mm256_cmpeq_epi16(_mm256_min_epu16(d, bound), bound);
+    // One bit per 16-bit lane (the even bits of the byte mask), set where the distance is <= limit.
+    for (uint32_t m = ~uint32_t(_mm256_movemask_epi8(above)) & 0x55555555u; m != 0; m &= m - 1)
+      out[count++] = int32_t(j + std::countr_zero(m) / 2);
+  }
+  alignas(32) uint16_t lanes[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), top);
+  for (uint16_t x : lanes) largest = std::max<uint32_t>(largest, x);
+#endif
+  for (; j < end; ++j) {
+    largest = std::max<uint32_t>(largest, distances[j]);
+    if (distances[j] <= limit) out[count++] = int32_t(j);
+  }
+  return {count, largest};
+}
+
+}  // namespace
+
 int64_t select_topk(const uint16_t* distances, int64_t n, int max_distance, const SelectOptions& options,
                     int32_t* out) {
   validate_select(options);
   ADAMAS_CHECK(n >= 0, ErrorKind::invalid_argument, "select_topk: n = {} is negative", n);
   ADAMAS_CHECK(n <= INT32_MAX, ErrorKind::unsupported, "select_topk: {} tokens exceed int32 indices", n);
-  ADAMAS_CHECK(max_distance >= 0 && max_distance < 65536, ErrorKind::invalid_argument,
-               "select_topk: max_distance {} not in [0, 65535]", max_distance);
+  ADAMAS_CHECK(max_distance >= 0 && max_distance < 65535, ErrorKind::invalid_argument,
+               "select_topk: max_distance {} not in [0, 65534]", max_distance);
   if (n == 0) return 0;
   check_not_null(out, "select_topk: out");
   if (options.budget >= n) {  // everything fits: dense
@@ -38,55 +104,40 @@ int64_t select_topk(const uint16_t* distances, int64_t n, int max_distance, cons
   const int64_t sink = std::min(options.sink, n);
   const int64_t tail = std::max(sink, n - std::max<int64_t>(options.window, 1));
   const int64_t need = options.budget - sink - (n - tail);  // >= 0 by validate_select and budget < n
+  const int64_t middle = tail - sink;
 
-  // Histogram of the middle, in 4 interleaved copies so equal neighbours do not serialize on one counter.
-  thread_local std::vector<uint32_t> hist;
-  // The last bin counts distances above max_distance (a caller's error, reported below, never a stray write).
-  const size_t bins = size_t(max_distance) + 2;
-  const uint32_t over = uint32_t(max_distance) + 1;
-  hist.assign(4 * bins, 0);
-  int64_t i = sink;
-  for (; i + 4 <= tail; i += 4) {
-    ++hist[std::min<uint32_t>(distances[i], over)];
-    ++hist[bins + std::min<uint32_t>(distances[i + 1], over)];
-    ++hist[2 * bins + std::min<uint32_t>(distances[i + 2], over)];
-    ++hist[3 * bins + std::min<uint32_t>(distances[i + 3], over)];
+  // Candidates: the tokens at most a cut-off estimated from an even sample of the middle, set for about twice the
+  // needed count. One vectorized pass finds them; the exact selection then runs over the candidates only. Where
+  // the estimate falls short (or the middle is small), the candidates are the whole middle: same result.
+  thread_local std::vector<int32_t> cand;
+  if (int64_t(cand.size()) < middle) cand.resize(size_t(middle));
+  uint32_t limit = uint32_t(max_distance);
+  constexpr int64_t kSample = 512;
+  if (middle >= 16 * kSample && need * 16 <= middle) {
+    thread_local std::vector<uint32_t> counts;
+    counts.assign(size_t(max_distance) + 2, 0);
+    for (int64_t i = 0; i < kSample; ++i)
+      ++counts[std::min<uint32_t>(distances[sink + i * middle / kSample], uint32_t(max_distance) + 1)];
+    const int64_t target = 2 * need * kSample / middle + 8;
+    int64_t seen = 0;
+    for (uint32_t b = 0; b <= uint32_t(max_distance); ++b)
+      if ((seen += counts[b]) >= target) {
+        limit = b;
+        break;
+      }
   }
-  for (; i < tail; ++i) ++hist[std::min<uint32_t>(distances[i], over)];
-  ADAMAS_CHECK(hist[over] + hist[bins + over] + hist[2 * bins + over] + hist[3 * bins + over] == 0,
-               ErrorKind::invalid_argument, "select_topk: a distance exceeds max_distance {}", max_distance);
-  // Cut-off T: all distances < T are kept, and `take` of those == T (the most recent ones).
-  int64_t below = 0, cut = 0, take = 0, ties = 0;
-  for (size_t b = 0; b <= size_t(max_distance); ++b) {
-    const int64_t c = int64_t(hist[b]) + hist[bins + b] + hist[2 * bins + b] + hist[3 * bins + b];
-    if (below + c >= need) {
-      cut = int64_t(b), take = need - below, ties = c;
-      break;
-    }
-    below += c;
-  }
+  const auto [found, largest] = collect_at_most(distances, sink, tail, limit, cand.data());
+  ADAMAS_CHECK(largest <= uint32_t(max_distance), ErrorKind::invalid_argument,
+               "select_topk: distance {} exceeds max_distance {}", largest, max_distance);
+
   int64_t count = 0;
   for (int64_t s = 0; s < sink; ++s) out[count++] = int32_t(s);
-  int64_t skip = ties - take;  // the oldest ties are dropped
-  auto keep = [&](int64_t j) {
-    const int64_t d = distances[j];
-    if (d < cut) {
-      out[count++] = int32_t(j);
-    } else if (d == cut) {
-      if (skip > 0) --skip; else out[count++] = int32_t(j);
-    }
-  };
-  int64_t j = sink;
-#if defined(__AVX2__)
-  // Few tokens pass (budget out of n): test 16 distances at once and only look closer where one is <= cut.
-  const __m256i limit = _mm256_set1_epi16(int16_t(std::min<int64_t>(cut + 1, 32767)));
-  for (; j + 16 <= tail; j += 16) {
-    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(distances + j));
-    if (cut >= 32767 || _mm256_movemask_epi8(_mm256_cmpgt_epi16(limit, d)) != 0)
-      for (int64_t u = j; u < j + 16; ++u) keep(u);
+  if (found >= need) {
+    count += select_among(distances, [&](int64_t k) { return int64_t(cand[k]); }, found, need, max_distance,
+                          out + count);
+  } else {
+    count += select_among(distances, [&](int64_t k) { return sink + k; }, middle, need, max_distance, out + count);
   }
-#endif
-  for (; j < tail; ++j) keep(j);
   for (int64_t j = tail; j < n; ++j) out[count++] = int32_t(j);
   return count;
 }
