@@ -31,7 +31,8 @@ int bench_attention(const BenchAttentionArgs& a) {
   fmt::print("# decode attention, one layer, CPU, {} threads: {} query / {} KV heads, head_dim {}, K/V {}, "
              "median of {} cold-cache steps\n",
              omp_get_max_threads(), a.heads, a.kv_heads, a.dim, dtype_name(dtype), a.iters);
-  fmt::print("# copy bandwidth (read + write) {:.1f} GB/s; GB/s below = bytes read / time\n", copy_bw / 1e9);
+  fmt::print("# copy bandwidth {:.1f} GB/s counting read + write (memcpy moves {:.1f} GB/s); below, GB/s = bytes read / "
+             "time and %copy = that / the read + write copy bandwidth\n", copy_bw / 1e9, copy_bw / 2e9);
   fmt::print("{:>7} {:>6} | {:>9} {:>7} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>6}\n", "ctx", "budget",
              "dense_ms", "GB/s", "%copy", "est_ms", "select_ms", "attend_ms", "adamas_ms", "GB/s", "speedup");
   nlohmann::json rows = nlohmann::json::array();

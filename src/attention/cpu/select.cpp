@@ -113,7 +113,7 @@ int64_t select_topk(const uint16_t* distances, int64_t n, int max_distance, cons
   if (int64_t(cand.size()) < middle) cand.resize(size_t(middle));
   uint32_t limit = uint32_t(max_distance);
   constexpr int64_t kSample = 512;
-  if (middle >= 16 * kSample && need * 16 <= middle) {
+  if (middle >= 8 * kSample && need * 8 <= middle) {
     thread_local std::vector<uint32_t> counts;
     counts.assign(size_t(max_distance) + 2, 0);
     for (int64_t i = 0; i < kSample; ++i)
