@@ -22,8 +22,6 @@ void write_json(const std::string& path, const nlohmann::json& value) {
   ADAMAS_CHECK(f.good(), ErrorKind::io, "writing {} failed", path);
 }
 
-namespace {
-
 void print_info() {
   const AttentionConfig c;
   fmt::print("adamas {}: Adamas sparse attention (Hadamard + 2-bit codes + L1 top-k)\n", ADAMAS_VERSION);
@@ -37,7 +35,6 @@ void print_info() {
   fmt::print("  head_dim        powers of two in [16, 512]\n");
 }
 
-}  // namespace
 }  // namespace adamas::app
 
 int main(int argc, char** argv) {
@@ -45,7 +42,28 @@ int main(int argc, char** argv) {
   CLI::App app{"adamas: long-context LLM inference with Adamas sparse attention"};
   app.require_subcommand(1);
 
-  auto* info = app.add_subcommand("info", "print the library's defaults");
+  auto* info = app.add_subcommand("info", "print the library's defaults, and a model's configuration with -m");
+  std::string info_path;
+  info->add_option("-m,--model", info_path, "GGUF model file");
+
+  RunArgs ra;
+  auto* run = app.add_subcommand("run", "generate text from a prompt with a GGUF model");
+  run->add_option("-m,--model", ra.model, "GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  auto* run_p = run->add_option("-p,--prompt", ra.prompt, "prompt text");
+  run->add_option("-f,--file", ra.prompt_file, "read the prompt from this file")->excludes(run_p);
+  run->add_option("-n,--n-predict", ra.n_predict, "tokens to generate at most")->capture_default_str();
+  run->add_option("--attn", ra.attn, "decode attention: full, adamas, quest, streaming")->capture_default_str();
+  run->add_option("--budget", ra.budget, "token budget of the sparse methods")->capture_default_str();
+  run->add_option("--dense-layers", ra.dense_layers, "first layers decoded with full attention")
+      ->capture_default_str();
+  run->add_option("--temp", ra.temperature, "sampling temperature (0: greedy)")->capture_default_str();
+  run->add_option("--top-k", ra.top_k, "top-k filter (0: off)")->capture_default_str();
+  run->add_option("--top-p", ra.top_p, "top-p (nucleus) filter (1: off)")->capture_default_str();
+  run->add_option("--seed", ra.seed, "sampling seed")->capture_default_str();
+  run->add_flag("--chat", ra.chat, "wrap the prompt in the model's chat template as a user message");
+  run->add_option("-c,--ctx-size", ra.context, "context (KV cache) size in tokens (0: the model's)")
+      ->capture_default_str();
+  run->add_option("-t,--threads", ra.threads, "threads (0: all cores)")->capture_default_str();
 
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
@@ -72,7 +90,8 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (info->parsed()) print_info();
+    if (info->parsed()) return info_path.empty() ? (print_info(), 0) : info_model(info_path);
+    if (run->parsed()) return run_model(ra);
     if (battn->parsed()) return bench_attention(ba);
     if (demo->parsed()) return demo_synthetic(da);
   } catch (const CLI::ParseError& e) {

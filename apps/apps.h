@@ -34,6 +34,32 @@ struct DemoArgs {
 };
 int demo_synthetic(const DemoArgs& args);
 
+// `adamas run`: generate text from a prompt with a GGUF model (apps/run.cpp).
+struct RunArgs {
+  std::string model;  // empty: the default model
+  std::string prompt, prompt_file;
+  int64_t n_predict = 128;
+  std::string attn = "adamas";
+  int64_t budget = 256;
+  int64_t dense_layers = 2;
+  float temperature = 0.0f;
+  int64_t top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 0;
+  bool chat = false;
+  int64_t context = 0;  // 0: the model's trained context
+  int threads = 0;      // 0: all cores
+};
+int run_model(const RunArgs& args);
+
+// `adamas info [-m MODEL]`: the library's defaults, and the model's configuration and tensors (apps/info.cpp).
+void print_info();
+int info_model(const std::string& model);
+
+// -m as given, else the default model (models/ under the working directory, else the source tree's).
+std::string resolve_model_path(const std::string& model);
+void set_threads(int threads);
+
 DType parse_dtype(const std::string& name);
 void write_json(const std::string& path, const nlohmann::json& value);
 

@@ -1,0 +1,68 @@
+// One sequence running through a Llama model on the CPU: the KV + code cache and the forward pass.
+//
+// prefill(): chunks of tokens, dense causal attention (attend_dense_causal) over the cache after appending the
+// chunk's K/V, writing the key codes (Adamas) or page bounds (Quest) on the way.
+// decode(): one token; attention by decode_attention() with the configured method in every layer from
+// `dense_layers` on, full attention before.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "adamas/attention.h"
+#include "engine/kv_cache.h"
+#include "model/llama.h"
+
+namespace adamas {
+
+struct EngineOptions {
+  int64_t context = 0;          // cache capacity in tokens; 0 = the model's trained context length
+  AttentionConfig attention;    // the decode attention (method, budget, thresholds, ...)
+  int64_t dense_layers = 2;     // the first layers decode with full attention (the paper keeps 2)
+  int64_t prefill_chunk = 256;  // tokens per prefill pass (bounds the activation memory)
+  DType kv_dtype = DType::f16;  // K/V storage
+};
+// Throws Error(invalid_argument) on options no session could run with (budget <= 0, context < 0, ...).
+void validate_engine_options(const EngineOptions& options, const ModelConfig& config);
+
+class Session {
+ public:
+  using Progress = std::function<void(int64_t done, int64_t total)>;
+
+  // The model must outlive the session.
+  Session(const LlamaModel& model, const EngineOptions& options);
+
+  const EngineOptions& options() const { return opt_; }
+  const LlamaModel& model() const { return model_; }
+  int64_t position() const { return cache_.size(); }  // tokens in the cache
+  int64_t context() const { return cache_.capacity(); }
+  const KvCache& cache() const { return cache_; }
+
+  // Appends `tokens` with dense causal attention and returns the logits after the last one (vocab floats, valid
+  // until the next call). Error(invalid_argument) when empty, when an id is outside the vocabulary, or when the
+  // tokens do not fit the context. `progress` is called after each chunk.
+  std::span<const float> prefill(std::span<const int32_t> tokens, const Progress& progress = {});
+  // Appends one token with the configured decode attention and returns its logits.
+  std::span<const float> decode(int32_t token);
+  // Empties the cache (a new sequence).
+  void reset();
+
+  // Attention time and rows of all decode steps so far (summed over layers).
+  const DecodeTimings& decode_timings() const { return timings_; }
+
+ private:
+  void forward(const int32_t* tokens, int64_t n, bool decode);
+  void reserve(int64_t n);
+
+  const LlamaModel& model_;
+  EngineOptions opt_;
+  KvCache cache_;
+  DecodeWorkspace workspace_;
+  DecodeTimings timings_;
+  int64_t n_alloc_ = 0;
+  std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_, logits_;
+};
+
+}  // namespace adamas

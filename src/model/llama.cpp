@@ -1,0 +1,261 @@
+// Llama-family configuration and weights from GGUF, and the layer operations of the forward pass.
+#include "model/llama.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/check.h"
+
+namespace adamas {
+
+const char* rope_scaling_name(RopeScaling s) {
+  switch (s) {
+    case RopeScaling::none: return "none";
+    case RopeScaling::linear: return "linear";
+    case RopeScaling::freq_factors: return "freq_factors (rope_freqs.weight)";
+  }
+  return "?";
+}
+
+namespace {
+
+// An integer metadata value of the architecture, checked to lie in [lo, hi].
+int64_t arch_int(const GgufFile& f, const std::string& arch, const char* key, int64_t lo, int64_t hi,
+                 const int64_t* fallback = nullptr) {
+  const std::string k = arch + "." + key;
+  const int64_t v = (fallback != nullptr && !f.has(k)) ? *fallback : f.get_int(k);
+  ADAMAS_CHECK(lo <= v && v <= hi, ErrorKind::format, "{}: {} = {} (expected {}..{})", f.source(), k, v, lo, hi);
+  return v;
+}
+
+}  // namespace
+
+ModelConfig read_model_config(const GgufFile& f) {
+  ModelConfig c;
+  c.architecture = std::string(f.get_string("general.architecture"));
+  ADAMAS_CHECK(c.architecture == "llama", ErrorKind::unsupported,
+               "{}: architecture '{}' is not supported (supported: llama, e.g. Llama 2/3, Mistral, SmolLM2)",
+               f.source(), c.architecture);
+  const std::string& a = c.architecture;
+  c.name = std::string(f.get_string_or("general.name", ""));
+  c.n_layers = arch_int(f, a, "block_count", 1, 4096);
+  c.dim = arch_int(f, a, "embedding_length", 1, 1 << 17);
+  c.ffn_dim = arch_int(f, a, "feed_forward_length", 1, 1 << 20);
+  c.n_heads = arch_int(f, a, "attention.head_count", 1, 4096);
+  c.n_kv_heads = arch_int(f, a, "attention.head_count_kv", 1, c.n_heads, &c.n_heads);
+  ADAMAS_CHECK(c.n_heads % c.n_kv_heads == 0, ErrorKind::format, "{}: {} attention heads is not a multiple of {} KV heads",
+               f.source(), c.n_heads, c.n_kv_heads);
+  ADAMAS_CHECK(c.dim % c.n_heads == 0 || f.has(a + ".attention.key_length"), ErrorKind::format,
+               "{}: embedding_length {} is not a multiple of head_count {}", f.source(), c.dim, c.n_heads);
+  const int64_t default_head_dim = c.dim / c.n_heads;
+  c.head_dim = arch_int(f, a, "attention.key_length", 1, 4096, &default_head_dim);
+  const int64_t value_dim = arch_int(f, a, "attention.value_length", 1, 4096, &c.head_dim);
+  ADAMAS_CHECK(value_dim == c.head_dim, ErrorKind::unsupported, "{}: key_length {} != value_length {}", f.source(),
+               c.head_dim, value_dim);
+  c.n_rot = arch_int(f, a, "rope.dimension_count", 2, c.head_dim, &c.head_dim);
+  ADAMAS_CHECK(c.n_rot % 2 == 0, ErrorKind::format, "{}: rope.dimension_count {} is odd", f.source(), c.n_rot);
+  const int64_t ctx_fallback = 4096;
+  c.context_length = arch_int(f, a, "context_length", 1, int64_t(1) << 24, &ctx_fallback);
+  c.rope_base = f.get_float_or(a + ".rope.freq_base", 10000.0);
+  ADAMAS_CHECK(std::isfinite(c.rope_base) && c.rope_base > 1.0, ErrorKind::format, "{}: rope.freq_base = {}",
+               f.source(), c.rope_base);
+  c.norm_eps = float(f.get_float_or(a + ".attention.layer_norm_rms_epsilon", 1e-5));
+  ADAMAS_CHECK(std::isfinite(c.norm_eps) && c.norm_eps > 0 && c.norm_eps < 1, ErrorKind::format,
+               "{}: layer_norm_rms_epsilon = {}", f.source(), c.norm_eps);
+
+  const std::string scaling(f.get_string_or(a + ".rope.scaling.type", "none"));
+  double factor = f.get_float_or(a + ".rope.scaling.factor", f.get_float_or(a + ".rope.scale_linear", 1.0));
+  if (scaling == "linear" || (scaling == "none" && f.has(a + ".rope.scale_linear"))) {
+    ADAMAS_CHECK(std::isfinite(factor) && factor > 0, ErrorKind::format, "{}: rope scaling factor = {}", f.source(),
+                 factor);
+    if (factor != 1.0) {
+      c.rope_scaling = RopeScaling::linear;
+      c.rope_scale_factor = factor;
+    }
+  } else if (scaling != "none") {
+    fail(ErrorKind::unsupported, "{}: rope scaling '{}' is not supported (supported: none, linear, rope_freqs)",
+         f.source(), scaling);
+  }
+  if (f.find_tensor("rope_freqs.weight") != nullptr) c.rope_scaling = RopeScaling::freq_factors;
+
+  const GgufTensor* embd = f.find_tensor("token_embd.weight");
+  int64_t vocab = embd != nullptr && embd->shape.size() == 2 ? embd->shape[1] : 0;
+  if (const GgufValue* tokens = f.find("tokenizer.ggml.tokens"); tokens != nullptr && vocab == 0)
+    vocab = int64_t(tokens->array_size());
+  c.vocab = arch_int(f, a, "vocab_size", 1, int64_t(1) << 24, &vocab);
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+LlamaModel LlamaModel::load(const std::string& path) { return from_gguf(GgufFile::open(path)); }
+
+LlamaModel LlamaModel::from_gguf(GgufFile file) {
+  LlamaModel m;
+  m.file_ = std::make_unique<GgufFile>(std::move(file));
+  m.config_ = read_model_config(*m.file_);
+  m.bind(*m.file_);
+  return m;
+}
+
+namespace {
+
+const GgufTensor& need(const GgufFile& f, const std::string& name) {
+  const GgufTensor* t = f.find_tensor(name);
+  ADAMAS_CHECK(t != nullptr, ErrorKind::format, "{}: missing tensor '{}'", f.source(), name);
+  return *t;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// A matrix stored as ggml shape [cols, rows].
+WeightMatrix matrix(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows) {
+  const GgufTensor& t = need(f, name);
+  ADAMAS_CHECK(t.shape.size() == 2 && t.shape[0] == cols && t.shape[1] == rows, ErrorKind::format,
+               "{}: tensor '{}' has shape {} (expected [{}, {}])", f.source(), name, shape_str(t.shape), cols, rows);
+  const GgmlTypeInfo* info = ggml_type_info(uint32_t(t.type));
+  ADAMAS_CHECK(info != nullptr && info->dequantizable, ErrorKind::unsupported,
+               "{}: tensor '{}' has type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)",
+               f.source(), name, info ? std::string(info->name) : std::to_string(uint32_t(t.type)));
+  WeightMatrix w;
+  w.name = name;
+  w.type = t.type;
+  w.data = t.data;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_bytes = ggml_row_bytes(t.type, cols);
+  ADAMAS_CHECK(w.row_bytes * rows == t.n_bytes, ErrorKind::format, "{}: tensor '{}' holds {} bytes (expected {})",
+               f.source(), name, t.n_bytes, w.row_bytes * rows);
+  return w;
+}
+
+// A vector of n elements in any dequantizable type, as f32.
+std::vector<float> vector_f32(const GgufFile& f, const std::string& name, int64_t n) {
+  const GgufTensor& t = need(f, name);
+  ADAMAS_CHECK(t.n_elements == n && (t.shape.size() == 1 || (t.shape.size() == 2 && t.shape[1] == 1)),
+               ErrorKind::format, "{}: tensor '{}' has shape {} (expected [{}])", f.source(), name, shape_str(t.shape),
+               n);
+  const GgmlTypeInfo* info = ggml_type_info(uint32_t(t.type));
+  ADAMAS_CHECK(info != nullptr && info->dequantizable, ErrorKind::unsupported, "{}: tensor '{}' has type {}",
+               f.source(), name, info ? std::string(info->name) : std::to_string(uint32_t(t.type)));
+  std::vector<float> out(static_cast<size_t>(n));
+  dequantize_row(t.type, t.data, out.data(), n);
+  for (float x : out)
+    ADAMAS_CHECK(std::isfinite(x), ErrorKind::format, "{}: tensor '{}' holds a non-finite value", f.source(), name);
+  return out;
+}
+
+}  // namespace
+
+void LlamaModel::bind(const GgufFile& f) {
+  const ModelConfig& c = config_;
+  token_embd_ = matrix(f, "token_embd.weight", c.dim, c.vocab);
+  tied_ = f.find_tensor("output.weight") == nullptr;
+  output_ = tied_ ? token_embd_ : matrix(f, "output.weight", c.dim, c.vocab);
+  output_norm_ = vector_f32(f, "output_norm.weight", c.dim);
+  layers_.resize(size_t(c.n_layers));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    LayerWeights& l = layers_[size_t(i)];
+    l.attn_norm = vector_f32(f, p + "attn_norm.weight", c.dim);
+    l.ffn_norm = vector_f32(f, p + "ffn_norm.weight", c.dim);
+    l.wq = matrix(f, p + "attn_q.weight", c.dim, c.q_dim());
+    l.wk = matrix(f, p + "attn_k.weight", c.dim, c.kv_dim());
+    l.wv = matrix(f, p + "attn_v.weight", c.dim, c.kv_dim());
+    l.wo = matrix(f, p + "attn_output.weight", c.q_dim(), c.dim);
+    l.gate = matrix(f, p + "ffn_gate.weight", c.dim, c.ffn_dim);
+    l.up = matrix(f, p + "ffn_up.weight", c.dim, c.ffn_dim);
+    l.down = matrix(f, p + "ffn_down.weight", c.ffn_dim, c.dim);
+    for (const char* bias : {"attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias"})
+      ADAMAS_CHECK(f.find_tensor(p + bias) == nullptr, ErrorKind::unsupported,
+                   "{}: tensor '{}{}': attention biases are not supported for llama", f.source(), p, bias);
+  }
+  const int64_t pairs = c.n_rot / 2;
+  std::vector<float> factors;
+  if (c.rope_scaling == RopeScaling::freq_factors) {
+    factors = vector_f32(f, "rope_freqs.weight", pairs);
+    for (float x : factors)
+      ADAMAS_CHECK(x > 0, ErrorKind::format, "{}: rope_freqs.weight holds a factor {} <= 0", f.source(), x);
+  }
+  inv_freq_.resize(size_t(pairs));
+  for (int64_t i = 0; i < pairs; ++i) {
+    double w = std::pow(c.rope_base, -2.0 * double(i) / double(c.n_rot));
+    if (c.rope_scaling == RopeScaling::linear) w /= c.rope_scale_factor;
+    if (!factors.empty()) w /= factors[size_t(i)];
+    inv_freq_[size_t(i)] = float(w);
+  }
+}
+
+void LlamaModel::embed(int32_t token, float* out) const {
+  ADAMAS_CHECK(0 <= token && token < config_.vocab, ErrorKind::invalid_argument, "token id {} not in [0, {})", token,
+               config_.vocab);
+  dequantize_row(token_embd_.type, token_embd_.row(token), out, config_.dim);
+}
+
+int64_t LlamaModel::weight_bytes() const {
+  int64_t total = 0;
+  for (const GgufTensor& t : file_->tensors()) total += t.n_bytes;
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  const float s = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * s * weight[i];
+}
+
+void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y, int64_t y_stride) {
+  // Blocks of rows stay in L1 while every token's input streams past them.
+  constexpr int64_t kRows = 16;
+  const int64_t blocks = (w.rows + kRows - 1) / kRows;
+  const GgmlType type = w.type;
+  const int64_t cols = w.cols;
+#pragma omp parallel for schedule(static) if (blocks * n_tokens * cols > 32768)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * kRows, r1 = std::min(w.rows, r0 + kRows);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const float* xt = x + t * x_stride;
+      float* yt = y + t * y_stride;
+      for (int64_t r = r0; r < r1; ++r) yt[r] = vec_dot(type, w.row(r), xt, cols);
+    }
+  }
+}
+
+void apply_rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const std::vector<float>& inv_freq) {
+  const int64_t pairs = int64_t(inv_freq.size());
+  float cs[512], sn[512];
+  for (int64_t i0 = 0; i0 < pairs; i0 += 512) {
+    const int64_t i1 = std::min(pairs, i0 + 512);
+    for (int64_t i = i0; i < i1; ++i) {
+      const double a = double(pos) * double(inv_freq[size_t(i)]);
+      cs[i - i0] = float(std::cos(a));
+      sn[i - i0] = float(std::sin(a));
+    }
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + h * head_dim;
+      for (int64_t i = i0; i < i1; ++i) {
+        const float a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * cs[i - i0] - b * sn[i - i0];
+        v[2 * i + 1] = a * sn[i - i0] + b * cs[i - i0];
+      }
+    }
+  }
+}
+
+void swiglu(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+}  // namespace adamas
