@@ -231,10 +231,15 @@ void RowsAttention::add_range(const HeadsView& k, const HeadsView& v, int64_t he
 
 void RowsAttention::add_indices(const HeadsView& k, const HeadsView& v, int64_t head, const int32_t* idx,
                                 int64_t n) {
+  // Gathered rows defeat the hardware prefetcher: keep the rows of the next two blocks in flight.
+  auto ahead = [&](int64_t from) {
+    if (from < n) prefetch_rows(k, v, head, idx + from, std::min<int64_t>(kBlock, n - from));
+  };
+  ahead(0);
+  ahead(kBlock);
   for (int64_t j = 0; j < n; j += kBlock) {
-    const int64_t m = std::min<int64_t>(kBlock, n - j);
-    prefetch_rows(k, v, head, idx + j + m, std::max<int64_t>(0, std::min<int64_t>(kBlock, n - j - m)));
-    add_block(k, v, head, idx + j, m);
+    ahead(j + 2 * kBlock);
+    add_block(k, v, head, idx + j, std::min<int64_t>(kBlock, n - j));
   }
 }
 
