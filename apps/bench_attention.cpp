@@ -28,11 +28,13 @@ int bench_attention(const BenchAttentionArgs& a) {
   std::mt19937_64 rng(a.seed);
   CacheFlusher flush;
   const double copy_bw = copy_bandwidth();
+  const double read_bw = read_bandwidth();
   fmt::print("# decode attention, one layer, CPU, {} threads: {} query / {} KV heads, head_dim {}, K/V {}, "
              "median of {} cold-cache steps\n",
              omp_get_max_threads(), a.heads, a.kv_heads, a.dim, dtype_name(dtype), a.iters);
-  fmt::print("# copy bandwidth {:.1f} GB/s counting read + write (memcpy moves {:.1f} GB/s); below, GB/s = bytes read / "
-             "time and %copy = that / the read + write copy bandwidth\n", copy_bw / 1e9, copy_bw / 2e9);
+  fmt::print("# copy bandwidth {:.1f} GB/s counting read + write (memcpy moves {:.1f} GB/s); read-only bandwidth {:.1f} "
+             "GB/s\n# below, GB/s = bytes read / time; %copy = that / the read + write copy bandwidth\n",
+             copy_bw / 1e9, copy_bw / 2e9, read_bw / 1e9);
   fmt::print("{:>7} {:>6} | {:>9} {:>7} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>6}\n", "ctx", "budget",
              "dense_ms", "GB/s", "%copy", "est_ms", "select_ms", "attend_ms", "adamas_ms", "GB/s", "speedup");
   nlohmann::json rows = nlohmann::json::array();
@@ -82,7 +84,7 @@ int bench_attention(const BenchAttentionArgs& a) {
       rows.push_back({{"ctx", ctx}, {"budget", budget}, {"heads", a.heads}, {"kv_heads", a.kv_heads},
                       {"dim", a.dim}, {"dtype", dtype_name(dtype)}, {"threads", omp_get_max_threads()},
                       {"dense_s", dense_s}, {"dense_gbps", dense_bytes / dense_s / 1e9},
-                      {"copy_gbps", copy_bw / 1e9}, {"estimate_s", median(est)}, {"select_s", median(sel)},
+                      {"copy_gbps", copy_bw / 1e9}, {"read_gbps", read_bw / 1e9}, {"estimate_s", median(est)}, {"select_s", median(sel)},
                       {"attend_s", median(att)}, {"adamas_s", adamas_s},
                       {"adamas_gbps", adamas_bytes / adamas_s / 1e9}, {"speedup", speedup}});
     }

@@ -53,4 +53,22 @@ inline double copy_bandwidth(size_t bytes = size_t(512) << 20, int reps = 7) {
   return 2.0 * double(bytes) / median(times);
 }
 
+// Median read-only bandwidth over `bytes` with all threads (a vectorized sum of every 8-byte word): the ceiling of
+// any kernel that streams a cache once.
+inline double read_bandwidth(size_t bytes = size_t(512) << 20, int reps = 7) {
+  std::vector<uint64_t> a(bytes / sizeof(uint64_t), 3);
+  std::vector<double> times;
+  volatile uint64_t sink = 0;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = omp_get_wtime();
+    uint64_t sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+    for (size_t i = 0; i < a.size(); ++i) sum += a[i];
+    times.push_back(omp_get_wtime() - t0);
+    sink = sum;
+  }
+  (void)sink;
+  return double(bytes) / median(times);
+}
+
 }  // namespace adamas::app
