@@ -147,6 +147,7 @@ void adamas_select(const DecodeInputs& in, const AttentionConfig& c, DecodeWorks
     sel.resize(static_cast<size_t>(m));
   }
   if (c.group == GroupSelection::shared_union) {
+    // Group `head` reads entries [head * g, head * g + g) and writes entry head <= head * g: never one still unread.
     for (int64_t head = 0; head < kvh; ++head) s.scratch[head] = sorted_union(s.scratch, head * g, g);
     units = kvh;
   }
@@ -229,9 +230,11 @@ void decode_attention(const DecodeInputs& in, const AttentionConfig& c, DecodeWo
     attend_dense_decode(in.q, in.n_heads, in.k, in.v, 1.0f / std::sqrt(float(in.k.dim)), out);
     t.attend_s += omp_get_wtime() - t0;
     t.attended_rows += n * in.n_heads;
-    s.scratch.assign(1, std::vector<int32_t>(size_t(n)));
-    std::iota(s.scratch[0].begin(), s.scratch[0].end(), 0);
-    publish(s, in.n_heads, in.n_heads);
+    // Every head attended every row: record that without allocating per step (the buffer only grows).
+    if (int64_t(s.selected.size()) < n) s.selected.resize(size_t(n));
+    std::iota(s.selected.begin(), s.selected.begin() + n, 0);
+    s.offset.assign(size_t(in.n_heads), 0);
+    s.count.assign(size_t(in.n_heads), n);
     return;
   }
   if (c.method == Method::adamas) adamas_select(in, c, s, g, t);
