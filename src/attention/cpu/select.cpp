@@ -45,33 +45,62 @@ int64_t select_among(const uint16_t* distances, At at, int64_t m, int64_t need, 
     }
     below += c;
   }
+  // Branch-free compaction: write every index, advance only over the kept ones (writes stay below `need`).
   int64_t count = 0, skip = ties - take;  // the oldest ties are dropped
   for (int64_t k = 0; k < m && count < need; ++k) {
     const int64_t j = at(k), d = distances[j];
-    if (d < cut || (d == cut && skip-- <= 0)) out[count++] = int32_t(j);
+    const bool tie = d == cut;
+    const bool kept = d < cut || (tie && skip <= 0);
+    skip -= tie;
+    out[count] = int32_t(j);
+    count += kept;
   }
   return count;
 }
 
-// Writes to `out` (room for end - begin) the tokens j in [begin, end) with distances[j] <= limit, in increasing
-// order; returns their number and the largest distance seen in the range.
+#if defined(__AVX2__)
+// kLeftPack[m] lists the set bits of the byte m, lowest first: the lane order that packs 8 lanes selected by m.
+struct LeftPackTable {
+  alignas(32) int32_t lanes[256][8];
+  constexpr LeftPackTable() : lanes{} {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int b = 0; b < 8; ++b)
+        if (m >> b & 1) lanes[m][k++] = b;
+    }
+  }
+};
+constexpr LeftPackTable kLeftPack;
+#endif
+
+// Writes to `out` (room for end - begin + 16) the tokens j in [begin, end) with distances[j] <= limit, in
+// increasing order; returns their number and the largest distance seen in the range.
 std::pair<int64_t, uint32_t> collect_at_most(const uint16_t* distances, int64_t begin, int64_t end, uint32_t limit,
                                              int32_t* out) {
   uint32_t largest = 0;
   int64_t count = 0;
   int64_t j = begin;
 #if defined(__AVX2__)
-  // Few tokens pass: compare 16 at once and look closer only where one does.
+  // 16 distances per step, branch-free: compare, then left-pack the passing token indices 8 at a time through a
+  // permutation table (the hits are too irregular for branches to predict).
   const __m256i bound = _mm256_set1_epi16(int16_t(uint16_t(std::min<uint32_t>(limit, 65534) + 1)));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256i top = _mm256_setzero_si256();
   for (; j + 16 <= end; j += 16) {
     const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(distances + j));
     top = _mm256_max_epu16(top, d);
-    // d <= limit  <=>  min(d, limit + 1) != limit + 1  (unsigned)
-    const __m256i above = _mm256_cmpeq_epi16(_mm256_min_epu16(d, bound), bound);
-    // One bit per 16-bit lane (the even bits of the byte mask), set where the distance is <= limit.
-    for (uint32_t m = ~uint32_t(_mm256_movemask_epi8(above)) & 0x55555555u; m != 0; m &= m - 1)
-      out[count++] = int32_t(j + std::countr_zero(m) / 2);
+    const __m256i above = _mm256_cmpeq_epi16(_mm256_min_epu16(d, bound), bound);  // d > limit
+    // Bytes of the 16 lanes' results: tokens 0-7 in bits 0-7, tokens 8-15 in bits 16-23.
+    const uint32_t keep = ~uint32_t(_mm256_movemask_epi8(_mm256_packs_epi16(above, above)));
+    const uint32_t lo = keep & 0xff, hi = (keep >> 16) & 0xff;
+    const __m256i base = _mm256_add_epi32(lane, _mm256_set1_epi32(int32_t(j)));
+    const __m256i plo = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLeftPack.lanes[lo]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + count), _mm256_permutevar8x32_epi32(base, plo));
+    count += std::popcount(lo);
+    const __m256i phi = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLeftPack.lanes[hi]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + count),
+                        _mm256_permutevar8x32_epi32(_mm256_add_epi32(base, _mm256_set1_epi32(8)), phi));
+    count += std::popcount(hi);
   }
   alignas(32) uint16_t lanes[16];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), top);
@@ -79,7 +108,8 @@ std::pair<int64_t, uint32_t> collect_at_most(const uint16_t* distances, int64_t 
 #endif
   for (; j < end; ++j) {
     largest = std::max<uint32_t>(largest, distances[j]);
-    if (distances[j] <= limit) out[count++] = int32_t(j);
+    out[count] = int32_t(j);
+    count += distances[j] <= limit;
   }
   return {count, largest};
 }
@@ -110,7 +140,7 @@ int64_t select_topk(const uint16_t* distances, int64_t n, int max_distance, cons
   // needed count. One vectorized pass finds them; the exact selection then runs over the candidates only. Where
   // the estimate falls short (or the middle is small), the candidates are the whole middle: same result.
   thread_local std::vector<int32_t> cand;
-  if (int64_t(cand.size()) < middle) cand.resize(size_t(middle));
+  if (int64_t(cand.size()) < middle + 16) cand.resize(size_t(middle + 16));  // + slack for 8-wide stores
   uint32_t limit = uint32_t(max_distance);
   constexpr int64_t kSample = 512;
   if (middle >= 8 * kSample && need * 8 <= middle) {
