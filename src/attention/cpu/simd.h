@@ -48,6 +48,12 @@ inline float dot(const float* a, const float* b, int64_t n) {
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_movehdup_ps(h));
   s = _mm_cvtss_f32(h);
+#else
+  // Eight interleaved partial sums, as the vector path keeps: the same error growth (~n/8), not a serial chain's.
+  float part[8] = {};
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) part[l] += a[i + l] * b[i + l];
+  s = ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]));
 #endif
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
