@@ -72,8 +72,6 @@ std::span<const int32_t> last_selection(const DecodeWorkspace& workspace, int64_
 
 namespace {
 
-using Clock = double (*)();
-
 // Lays the per-unit selections (one unit = a head, or a group when shared) out in `selected`, and points each
 // query head at its unit's rows.
 void publish(DecodeWorkspace::State& s, int64_t n_heads, int64_t heads_per_unit) {
@@ -221,6 +219,9 @@ void decode_attention(const DecodeInputs& in, const AttentionConfig& c, DecodeWo
                  ErrorKind::shape_mismatch, "decode_attention: {} query thresholds for {} query heads",
                  in.query_thresholds.size(), in.n_heads);
     for (const Thresholds& th : in.query_thresholds) validate_thresholds(th);
+    ADAMAS_CHECK(c.group != GroupSelection::shared_sum || max_l1_distance(in.k.dim) * g < 65535,
+                 ErrorKind::unsupported, "decode_attention: summed distances of {} heads of dim {} overflow 16 bits",
+                 g, in.k.dim);
   }
   DecodeTimings local;
   DecodeTimings& t = timings ? *timings : local;
