@@ -1,6 +1,7 @@
 // One layer's decode attention on the GPU: our dense kernel, PyTorch SDPA (sdpa_baseline.py, same run), and
 // Adamas split into select / attend, for Llama-2-7B (32 heads MHA) and Llama-3-8B (32 q / 8 KV heads), d = 128,
-// f16. Medians of CUDA-event timings with L2 flushed before each call; GB/s against a device-to-device copy
+// f16. Medians of CUDA-event timings with L2 flushed before each call (default: by reading 256 MB, which leaves
+// clean lines; --flush write: a 256 MB memset, whose dirty lines cost every timed call up to ~17 us of write-backs); GB/s against a device-to-device copy
 // measured in the same run. Prints a table and writes JSON lines (--json FILE).
 //
 // bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N]
@@ -35,10 +36,18 @@ struct Timer {
   cudaEvent_t a, b;
   void* flush = nullptr;
   size_t flush_bytes = 256u << 20;
+  unsigned* sink = nullptr;
+  bool write_flush = false;  // --flush write: a memset (leaves L2 full of dirty lines that cost write-backs)
   Timer() {
     ck(cudaEventCreate(&a), "event");
     ck(cudaEventCreate(&b), "event");
     ck(cudaMalloc(&flush, flush_bytes), "flush buffer");
+    ck(cudaMemset(flush, 0x5a, flush_bytes), "flush init");
+    ck(cudaMalloc(&sink, 4), "flush sink");
+  }
+  void flush_l2(int i) {
+    if (write_flush) ck(cudaMemsetAsync(flush, i & 0xff, flush_bytes), "flush");
+    else bench_flush_read(flush, flush_bytes, sink);
   }
   // Median (us) of `iters` timed calls of f, each after an L2 flush.
   template <class F>
@@ -47,7 +56,7 @@ struct Timer {
     ck(cudaDeviceSynchronize(), "warm-up");
     std::vector<double> t;
     for (int i = 0; i < iters; ++i) {
-      ck(cudaMemsetAsync(flush, i & 0xff, flush_bytes), "flush");
+      flush_l2(i);
       ck(cudaEventRecord(a), "record");
       f();
       ck(cudaEventRecord(b), "record");
@@ -73,14 +82,16 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string sdpa = "bench/cuda/sdpa_baseline.py", json_path;
   int iters = 50;
+  std::string flush_mode = "read";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     else if (a == "--sdpa" && i + 1 < argc) sdpa = argv[++i];
     else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--iters" && i + 1 < argc) iters = std::atoi(argv[++i]);
+    else if (a == "--flush" && i + 1 < argc) flush_mode = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
       return 2;
     }
   }
@@ -113,7 +124,8 @@ int main(int argc, char** argv) {
         list += std::to_string(s.heads) + ":" + std::to_string(s.kv_heads) + ":" + std::to_string(D) + ":" +
                 std::to_string(c.batch) + ":" + std::to_string(c.ctx);
       }
-    const std::string cmd = "python3 " + sdpa + " --iters " + std::to_string(iters) + " --configs " + list;
+    const std::string cmd = "python3 " + sdpa + " --iters " + std::to_string(iters) + " --flush " + flush_mode +
+                            " --configs " + list;
     std::fprintf(stderr, "running %s\n", cmd.c_str());
     if (FILE* p = popen(cmd.c_str(), "r")) {
       std::string text;
@@ -134,6 +146,7 @@ int main(int argc, char** argv) {
   }
 
   Timer timer;
+  timer.write_flush = flush_mode == "write";
   // Copy bandwidth: 1 GiB device to device, bytes read + written.
   double copy_gbs = 0;
   {
@@ -147,6 +160,7 @@ int main(int argc, char** argv) {
     cudaFree(src);
     cudaFree(dst);
   }
+  const double empty_us = timer.median_us([&] { bench_empty_kernel(); }, iters);
   std::printf("device: %s; copy bandwidth %.0f GB/s (read + write); SDPA: %s\n", cuda::device_name(), copy_gbs,
               torch_info.c_str());
 
@@ -215,15 +229,17 @@ int main(int argc, char** argv) {
           std::fprintf(jf,
                        "{\"shape\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,\"context\":%lld,"
                        "\"budget\":%lld,\"dense_us\":%.2f,\"dense_gbs\":%.1f,\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,"
-                       "\"select_us\":%.2f,\"attend_us\":%.2f,\"adamas_us\":%.2f}\n",
+                       "\"select_us\":%.2f,\"attend_us\":%.2f,\"adamas_us\":%.2f,\"flush\":\"%s\"}\n",
                        s.name, s.heads, s.kv_heads, D, (long long)B, (long long)n, (long long)budget, dense, gbs,
-                       copy_gbs, std::isnan(sd) ? -1.0 : sd, sel, att, tot);
+                       copy_gbs, std::isnan(sd) ? -1.0 : sd, sel, att, tot, flush_mode.c_str());
       }
       cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);
     }
   }
   if (jf) std::fclose(jf);
-  std::printf("\n== decode attention, one layer, d=128 f16, %s, copy %.0f GB/s ==\n", cuda::device_name(), copy_gbs);
+  std::printf("\n== decode attention, one layer, d=128 f16, %s, copy %.0f GB/s, L2 flushed by %s 256 MB, "
+              "empty kernel %.1f us ==\n",
+              cuda::device_name(), copy_gbs, flush_mode == "write" ? "writing" : "reading", empty_us);
   for (const auto& l : table) std::printf("%s\n", l.c_str());
   return 0;
 }

@@ -3,7 +3,8 @@
 
 Usage: sdpa_baseline.py --configs heads:kv_heads:dim:batch:context[,...] [--iters N]
 Each config: q [batch, heads, 1, dim], K/V [batch, kv_heads, context, dim] f16 (GQA through enable_gqa=True);
-median of N CUDA-event timings, L2 flushed (a 256 MB memset) before each timed call.
+median of N CUDA-event timings, L2 flushed before each timed call: by reading
+256 MB (default; L2 left clean) or, with --flush write, by a 256 MB memset (dirty lines cost write-backs).
 """
 import argparse
 import json
@@ -17,9 +18,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", required=True)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--flush", choices=["read", "write"], default="read")
     a = ap.parse_args()
     dev = torch.device("cuda")
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    flush = torch.ones(64 << 20, dtype=torch.int32, device=dev)  # 256 MB
     out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0), "results": []}
     for cfg in a.configs.split(","):
         h, kvh, d, b, n = (int(x) for x in cfg.split(":"))
@@ -33,7 +35,10 @@ def main():
         torch.cuda.synchronize()
         times = []
         for _ in range(a.iters):
-            flush.zero_()
+            if a.flush == "write":
+                flush.fill_(0)
+            else:
+                flush.max()  # reads 256 MB: L2 left clean
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             fn()

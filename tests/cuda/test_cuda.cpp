@@ -322,6 +322,17 @@ std::vector<SelectCase> select_cases() {
   return v;
 }
 
+// Select paths (ADAMAS_CUDA_SELECT): "" = automatic (fused cluster kernel where it fits), v1 = the two-launch path,
+// fused:C = the fused kernel with clusters of C blocks (falls back to v1 when the rows do not fit its shared memory).
+class SelectPathEnv {
+ public:
+  explicit SelectPathEnv(const char* v) {
+    if (v[0]) setenv("ADAMAS_CUDA_SELECT", v, 1);
+    else unsetenv("ADAMAS_CUDA_SELECT");
+  }
+  ~SelectPathEnv() { unsetenv("ADAMAS_CUDA_SELECT"); }
+};
+
 TEST(CudaSelect, IdenticalToCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
@@ -335,6 +346,23 @@ TEST(CudaSelect, IdenticalToCpu) {
     expect_selection_matches(bt, cfg, ws);
     // twice on the same workspace: the kernels leave their scratch clean
     expect_selection_matches(bt, cfg, ws);
+  }
+}
+
+TEST(CudaSelect, EveryPathAndClusterSizeIdenticalToCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  for (const char* path : {"v1", "fused:1", "fused:2", "fused:4", "fused:8", "fused:16"}) {
+    const SelectPathEnv env(path);
+    for (const auto& sc : select_cases()) {
+      SCOPED_TRACE(std::string(path) + " " + sc.name);
+      AttentionConfig cfg;
+      cfg.budget = sc.budget, cfg.sink = sc.sink, cfg.window = sc.window, cfg.group = sc.group;
+      cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+      Batch bt(sc.c, rng, cfg.thresholds);
+      expect_selection_matches(bt, cfg, ws);
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 // accumulation (16-byte V loads), then a partial (max, sum, acc) per chunk; the last block of a unit merges them,
 // so every call is one launch.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "attention/cuda/common.cuh"
@@ -15,7 +16,13 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int S = 64;  // rows per sub-chunk
+constexpr int kStages = 3;          // cp.async pipeline depth (row tiles in flight per block)
+constexpr int kMaxSparseChunk = 2048;  // selected rows per block (their indices are staged in shared memory)
+
+template <int D>
+constexpr int tile_rows() { return D == 256 ? 32 : 64; }
+template <int D, class T>
+constexpr size_t stage_bytes() { return size_t(tile_rows<D>()) * D * sizeof(T) * 2; }  // K and V tiles
 
 struct AttendParams {
   BatchDesc bd;
@@ -31,19 +38,38 @@ struct AttendParams {
   float* out;  // [batch][n_heads][D]
 };
 
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;  // 0: zero-fill
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// v2: K and V row tiles stream into shared memory through a kStages-deep cp.async pipeline (both tensors of a
+// tile in flight together, the next tiles in flight while one is computed); selected row indices are staged in
+// shared memory once per block. Compute per tile as in v1: scores, online softmax by one warp per head, V.
 template <int D, int G, class T>
-__global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant__ AttendParams p) {
+__global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) attend_kernel(const __grid_constant__ AttendParams p) {
+  constexpr int SR = tile_rows<D>();
   constexpr int LPR = D / 8;  // lanes per row: 8 elements (16 bytes) each
   constexpr int RPW = 32 / LPR;  // rows per warp per pass
-  constexpr int U = S / (kWarps * RPW);  // K loads in flight per lane
+  constexpr int U = SR / (kWarps * RPW);  // K rows per lane per tile
   constexpr int NRG = kThreads / LPR;  // row groups of the V pass
-  constexpr int VR = S / NRG;  // V loads in flight per thread
+  constexpr int VR = SR / NRG;  // V rows per thread per tile
+  constexpr int PPR = D / 8;  // 16-byte pieces per row
   static_assert(U >= 1 && VR >= 1, "tile shape");
+  static_assert(size_t(NRG) * D * 4 <= stage_bytes<D, T>() * kStages, "reduction buffer aliases the stages");
+  static_assert(size_t(G) * 257 * 4 <= stage_bytes<D, T>() * kStages, "merge weights alias the stages");
 
-  __shared__ float s_p[G][S];
-  __shared__ int s_row[S];
+  extern __shared__ __align__(16) unsigned char dsm[];
+  T* Ks = reinterpret_cast<T*>(dsm);                      // [kStages][SR][D]
+  T* Vs = Ks + size_t(kStages) * SR * D;                   // [kStages][SR][D]
+  int32_t* s_idx = reinterpret_cast<int32_t*>(Vs + size_t(kStages) * SR * D);  // [chunk] (sparse)
+  float* red = reinterpret_cast<float*>(dsm);              // [NRG][D], after the pipeline has drained
+  __shared__ float s_p[G][SR];
   __shared__ float s_m[G], s_l[G], s_alpha[G];
-  __shared__ float red[NRG][D];
   __shared__ int s_last;
 
   const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
@@ -64,10 +90,38 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
   const int nchunks = int((nrows + p.chunk - 1) / p.chunk);
   if (chunk >= nchunks) return;
   const int64_t r_begin = int64_t(chunk) * p.chunk, r_end = min(nrows, r_begin + p.chunk);
+  const int rows = int(r_end - r_begin);
+  const int ntiles = (rows + SR - 1) / SR;
   const T* K = static_cast<const T*>(sq.k) + kvh * sq.k_head;
   const T* V = static_cast<const T*>(sq.v) + kvh * sq.v_head;
-
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  if (sel) {
+    for (int i = tid; i < rows; i += kThreads) s_idx[i] = __ldg(sel + r_begin + i);
+    __syncthreads();
+  }
+  auto issue = [&](int tile) {
+    const int buf = tile % kStages;
+    T* kd = Ks + size_t(buf) * SR * D;
+    T* vd = Vs + size_t(buf) * SR * D;
+    static_assert(SR * PPR % kThreads == 0, "copy shape");
+#pragma unroll
+    for (int j = 0; j < SR * PPR / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int lr = i / PPR, pc = i % PPR;
+      const int r = tile * SR + lr;
+      const bool valid = r < rows;
+      const int64_t row = valid ? (sel ? int64_t(s_idx[r]) : r_begin + r) : 0;
+      cp_async16(kd + lr * D + pc * 8, K + row * sq.k_tok + pc * 8, valid);
+      cp_async16(vd + lr * D + pc * 8, V + row * sq.v_tok + pc * 8, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < ntiles) issue(s);
+    cp_async_commit();
+  }
+
   const int cl = lane % LPR, sub = lane / LPR;
   const int rg = tid / LPR;  // V pass: row group; its columns are cl * 8 .. cl * 8 + 8 as well (tid % LPR == cl)
   float qf[G][8];
@@ -86,25 +140,21 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
 #pragma unroll
     for (int c = 0; c < 8; ++c) acc[g][c] = 0.0f;
 
-  for (int64_t s0 = r_begin; s0 < r_end; s0 += S) {
-    // Scores of S rows.
-    uint4 kr[U];
-    bool valid[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int lr = u * (kWarps * RPW) + warp * RPW + sub;
-      const int64_t r = s0 + lr;
-      valid[u] = r < r_end;
-      int64_t row = 0;
-      if (valid[u]) row = sel ? int64_t(__ldg(sel + r)) : r;
-      if (cl == 0) s_row[lr] = int(row);
-      kr[u] = valid[u] ? ld16(K + row * sq.k_tok + cl * 8) : make_uint4(0, 0, 0, 0);
-    }
+  for (int tile = 0; tile < ntiles; ++tile) {
+    if (tile + kStages - 1 < ntiles) issue(tile + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncthreads();
+    const int buf = tile % kStages;
+    const T* kt = Ks + size_t(buf) * SR * D;
+    const T* vt = Vs + size_t(buf) * SR * D;
+    const int valid_rows = min(SR, rows - tile * SR);
+    // Scores of the tile's rows.
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int lr = u * (kWarps * RPW) + warp * RPW + sub;
       float kf[8];
-      cvt8<T>(kr[u], kf);
+      cvt8<T>(*reinterpret_cast<const uint4*>(kt + lr * D + cl * 8), kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float d = 0.0f;
@@ -112,16 +162,17 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
         for (int c = 0; c < 8; ++c) d = fmaf(qf[g][c], kf[c], d);
 #pragma unroll
         for (int o = LPR / 2; o > 0; o /= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
-        if (cl == 0) s_p[g][lr] = valid[u] ? d : -INFINITY;
+        if (cl == 0) s_p[g][lr] = lr < valid_rows ? d : -INFINITY;
       }
     }
     __syncthreads();
     // Online softmax: warp g updates head g's running max and sum, turns scores into weights.
     if (warp < G) {
-      float v[S / 32];
+      constexpr int PL = SR / 32;
+      float v[PL];
       float mx = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < S / 32; ++i) v[i] = s_p[warp][lane + 32 * i], mx = fmaxf(mx, v[i]);
+      for (int i = 0; i < PL; ++i) v[i] = s_p[warp][lane + 32 * i], mx = fmaxf(mx, v[i]);
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
       const float m_old = s_m[warp];
@@ -129,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
       const float alpha = exp2f(m_old - m_new);
       float sum = 0.0f;
 #pragma unroll
-      for (int i = 0; i < S / 32; ++i) {
+      for (int i = 0; i < PL; ++i) {
         const float e = exp2f(v[i] - m_new);
         s_p[warp][lane + 32 * i] = e;
         sum += e;
@@ -140,13 +191,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
       if (lane == 0) s_l[warp] = s_l[warp] * alpha + sum, s_m[warp] = m_new, s_alpha[warp] = alpha;
     }
     __syncthreads();
-    // V accumulation.
-    uint4 vr[VR];
-#pragma unroll
-    for (int k = 0; k < VR; ++k) {
-      const int lr = rg + k * NRG;
-      vr[k] = s0 + lr < r_end ? ld16(V + int64_t(s_row[lr]) * sq.v_tok + cl * 8) : make_uint4(0, 0, 0, 0);
-    }
+    // V accumulation (rows past the end are zero-filled, their weights 0).
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       const float a = s_alpha[g];
@@ -157,7 +202,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
     for (int k = 0; k < VR; ++k) {
       const int lr = rg + k * NRG;
       float vf[8];
-      cvt8<T>(vr[k], vf);
+      cvt8<T>(*reinterpret_cast<const uint4*>(vt + lr * D + cl * 8), vf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         const float w = s_p[g][lr];
@@ -167,18 +212,20 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
     }
     __syncthreads();
   }
+  cp_async_wait<0>();  // only empty groups remain; the stages become the reduction buffer
+  __syncthreads();
 
   // Reduce the row groups; write the output (one chunk) or this chunk's partial.
   float* part_base = p.part + (int64_t(b) * p.n_heads + qh0) * p.max_chunks * (D + 2);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
 #pragma unroll
-    for (int c = 0; c < 8; ++c) red[rg][cl * 8 + c] = acc[g][c];
+    for (int c = 0; c < 8; ++c) red[rg * D + cl * 8 + c] = acc[g][c];
     __syncthreads();
     if (tid < D) {
       float v = 0.0f;
 #pragma unroll 8
-      for (int i = 0; i < NRG; ++i) v += red[i][tid];
+      for (int i = 0; i < NRG; ++i) v += red[i * D + tid];
       if (nchunks == 1) {
         p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + tid] = v / s_l[g];
       } else {
@@ -197,27 +244,78 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const __grid_constant_
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  for (int g = 0; g < G; ++g) {
-    const float* pp = part_base + int64_t(g) * p.max_chunks * (D + 2);
+  // Merge: every chunk's (max, sum) of every head in one pass of independent loads, weights in shared memory,
+  // then every (head, column) sums its chunks' partials (independent loads, 8 in flight).
+  float* w = reinterpret_cast<float*>(dsm);  // [G][nchunks] weights (the stages are free now)
+  float* s_tot = w + G * nchunks;            // [G] merged sums
+  for (int i = tid; i < G * nchunks; i += kThreads) {
+    const float* pp = part_base + (int64_t(i / nchunks) * p.max_chunks + i % nchunks) * (D + 2);
+    w[i] = __ldcg(pp);
+  }
+  __syncthreads();
+  if (warp < G) {
     float M = -INFINITY;
-    for (int c = 0; c < nchunks; ++c) M = fmaxf(M, __ldcg(pp + c * (D + 2)));
-    if (tid < D) {
-      float L = 0.0f, v = 0.0f;
-      for (int c = 0; c < nchunks; ++c) {
-        const float w = exp2f(__ldcg(pp + c * (D + 2)) - M);
-        L += w * __ldcg(pp + c * (D + 2) + 1);
-        v += w * __ldcg(pp + c * (D + 2) + 2 + tid);
-      }
-      p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + tid] = v / L;
+    for (int c = lane; c < nchunks; c += 32) M = fmaxf(M, w[warp * nchunks + c]);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float L = 0.0f;
+    for (int c = lane; c < nchunks; c += 32) {
+      const float wc = exp2f(w[warp * nchunks + c] - M);
+      L += wc * __ldcg(part_base + (int64_t(warp) * p.max_chunks + c) * (D + 2) + 1);
+      w[warp * nchunks + c] = wc;
     }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) L += __shfl_xor_sync(0xffffffffu, L, o);
+    if (lane == 0) s_tot[warp] = L;
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += kThreads) {
+    const int g = i / D, col = i % D;
+    const float* pp = part_base + int64_t(g) * p.max_chunks * (D + 2) + 2 + col;
+    float v = 0.0f;
+#pragma unroll 8
+    for (int c = 0; c < nchunks; ++c) v += w[g * nchunks + c] * __ldcg(pp + c * (D + 2));
+    p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + col] = v / s_tot[g];
   }
   if (tid == 0) *done = 0;
 }
 
+template <int D, int G, class T>
+size_t kernel_smem(int chunk, bool sparse) {
+  return stage_bytes<D, T>() * kStages + (sparse ? size_t(chunk) * 4 : 0);
+}
+
+// Blocks of this instantiation resident per multiprocessor at the largest shared memory (sparse, full chunk).
+template <int D, int G, class T>
+int blocks_per_sm() {
+  static std::atomic<int> cached{0};
+  int v = cached.load();
+  if (v == 0) {
+    const size_t smem = kernel_smem<D, G, T>(kMaxSparseChunk, true);
+    check_cuda(cudaFuncSetAttribute(attend_kernel<D, G, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "attend smem attribute");
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, attend_kernel<D, G, T>, kThreads,
+                                                             kernel_smem<D, G, T>(0, false)),
+               "attend occupancy");
+    v = std::max(v, 1);
+    cached = v;
+  }
+  return v;
+}
+
 template <int D, int G>
 void launch_dg(const AttendParams& p, DType dtype, dim3 grid, cudaStream_t stream) {
-  if (dtype == DType::f16) attend_kernel<D, G, __half><<<grid, kThreads, 0, stream>>>(p);
-  else attend_kernel<D, G, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
+  const size_t smem = p.idx ? (dtype == DType::f16 ? kernel_smem<D, G, __half>(p.chunk, true)
+                                                   : kernel_smem<D, G, __nv_bfloat16>(p.chunk, true))
+                            : (dtype == DType::f16 ? kernel_smem<D, G, __half>(0, false)
+                                                   : kernel_smem<D, G, __nv_bfloat16>(0, false));
+  if (dtype == DType::f16) {
+    blocks_per_sm<D, G, __half>();  // sets the shared-memory attribute
+    attend_kernel<D, G, __half><<<grid, kThreads, smem, stream>>>(p);
+  } else {
+    blocks_per_sm<D, G, __nv_bfloat16>();
+    attend_kernel<D, G, __nv_bfloat16><<<grid, kThreads, smem, stream>>>(p);
+  }
   launch_check("attend kernel launch");
 }
 
@@ -228,6 +326,17 @@ void launch_d(const AttendParams& p, int G, DType dtype, dim3 grid, cudaStream_t
     case 2: launch_dg<D, 2>(p, dtype, grid, stream); break;
     case 4: launch_dg<D, 4>(p, dtype, grid, stream); break;
     case 8: launch_dg<D, 8>(p, dtype, grid, stream); break;
+  }
+}
+
+template <int D>
+int occupancy_d(int G, DType dtype) {
+  const bool h = dtype == DType::f16;
+  switch (G) {
+    case 1: return h ? blocks_per_sm<D, 1, __half>() : blocks_per_sm<D, 1, __nv_bfloat16>();
+    case 2: return h ? blocks_per_sm<D, 2, __half>() : blocks_per_sm<D, 2, __nv_bfloat16>();
+    case 4: return h ? blocks_per_sm<D, 4, __half>() : blocks_per_sm<D, 4, __nv_bfloat16>();
+    default: return h ? blocks_per_sm<D, 8, __half>() : blocks_per_sm<D, 8, __nv_bfloat16>();
   }
 }
 
@@ -245,12 +354,21 @@ void run_attention(const BatchInputs& in, const SelectionView* sel, int64_t budg
   auto& Sx = ws.state();
   int64_t rows_max = 0;
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, sel ? std::min(budget, s.k.tokens) : s.k.tokens);
-  // Split over rows so that about 4 blocks per multiprocessor run; chunks are whole sub-chunks.
-  const int64_t target = 4 * int64_t(Sx.sms);
-  const int64_t per_unit = std::max<int64_t>(1, (target + batch * units - 1) / (batch * units));
+  // Split over rows so that every block of the launch is resident at once (one wave: no tail), chunks of whole
+  // 16-row groups; selected rows at most kMaxSparseChunk per block.
+  int occ = 1;
+  switch (D) {
+    case 64: occ = occupancy_d<64>(G, k0.dtype); break;
+    case 128: occ = occupancy_d<128>(G, k0.dtype); break;
+    case 256: occ = occupancy_d<256>(G, k0.dtype); break;
+  }
+  const int64_t slots = int64_t(occ) * Sx.sms;
+  const int64_t per_unit = std::clamp<int64_t>(slots / std::min<int64_t>(batch, kMaxBatch) / units, 1, 256);
   int64_t chunk = (rows_max + per_unit - 1) / per_unit;
-  chunk = std::max<int64_t>(S, (chunk + S - 1) / S * S);
+  chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
+  if (sel) chunk = std::min<int64_t>(chunk, kMaxSparseChunk);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
+  CUDA_REQUIRE(max_chunks <= 256, ErrorKind::unsupported, where, ": ", rows_max, " rows per head exceed 256 chunks of ", chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
   ensure(&Sx.done, &Sx.done_bytes, size_t(batch * units) * 4, true);
   for (size_t c = 0; c < chunks.size(); ++c) {

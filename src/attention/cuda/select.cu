@@ -6,6 +6,11 @@
 //     of the row give each kept token its output slot: indices come out in increasing order, no sort.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <atomic>
+
+#include <cooperative_groups.h>
 
 #include "attention/cuda/common.cuh"
 #include "attention/cuda/launch.h"
@@ -343,6 +348,288 @@ __global__ void __launch_bounds__(kThreads) compact_kernel(const __grid_constant
   if (tile == 0 && threadIdx.x == 0) p.counts[row] = int32_t(p.budget);
 }
 
+// ---- v2: fused estimate + cut-off + compaction, one launch, one cluster per (sequence, KV head) --------------
+// A cluster of C blocks covers one (sequence, KV head): block `rank` takes tokens [rank * T, rank * T + T).
+// Distances stay in the block's shared memory; the per-block histograms are reduced across the cluster through
+// distributed shared memory (each block sums a slice of the bins), the cut-off is found from the slice sums, and
+// each block compacts its own tokens after an exclusive prefix of the kept/tie counts of the lower ranks. Nothing
+// but codes (read once) and indices (written once) touches global memory; no counters, no scratch, no round trips.
+
+struct FusedParams {
+  BatchDesc bd;
+  const float* q;  // [batch][n_heads][D]
+  int n_heads, kv_heads, units;
+  const Thr* qthr;
+  Thr cfg_thr;
+  float hscale;
+  int budget, sink, window;
+  int bins, slice_bins;  // histogram bins; bins per cluster rank in the reduction
+  int tmax;              // tokens per block (max over the batch), multiple of 8
+  int vec_codes;
+  int32_t* idx;  // [batch][units][cap]
+  int64_t cap;
+  int32_t* counts;  // [batch][units]
+};
+
+__device__ __forceinline__ uint32_t block_sum(uint32_t v, uint32_t* warp_sums) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  uint32_t all = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) all += warp_sums[w];
+  return all;
+}
+
+template <int D, int G, bool SHARED>
+__global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_constant__ FusedParams p) {
+  namespace cg = cooperative_groups;
+  constexpr int W = D / 16;        // 32-bit code words per key
+  constexpr int LPT = D / 64;      // lanes per token: each loads 16 bytes (4 words)
+  constexpr int R = SHARED ? 1 : G;
+  constexpr int kWarps = kThreads / 32;
+  constexpr int U = D <= 128 ? 8 : 4;  // 16-byte loads in flight per thread
+  constexpr int TPI = kThreads / LPT;   // tokens per u step of the block
+  cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int b = blockIdx.z, kvh = blockIdx.y;
+  const SeqDesc& sq = p.bd.seq[b];
+  const int64_t n = sq.n;
+  const int64_t T = ((n + C - 1) / C + 7) / 8 * 8;
+  const int64_t t_begin = min(n, int64_t(rank) * T), t_end = min(n, t_begin + T);
+  const int len = int(t_end - t_begin);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // first output row of this block
+
+  if (n <= p.budget) {  // keep everything (the whole cluster takes this branch: no cluster barriers)
+    for (int r = 0; r < R; ++r) {
+      int32_t* out = p.idx + (row0 + r) * p.cap;
+      for (int i = tid; i < len; i += kThreads) out[t_begin + i] = int32_t(t_begin + i);
+      if (rank == 0 && tid == 0) p.counts[row0 + r] = int32_t(n);
+    }
+    return;
+  }
+
+  extern __shared__ __align__(16) uint32_t smem[];
+  uint32_t* hist = smem;                          // [R][bins]
+  uint32_t* tot = hist + R * p.bins;              // [R][slice_bins]: this rank's slice of the cluster's histogram
+  uint32_t* qw_s = tot + R * p.slice_bins;        // [G][W] query code words
+  uint16_t* dist = reinterpret_cast<uint16_t*>(qw_s + G * W);  // [R][tmax]
+  __shared__ uint32_t warp_sums[kWarps];
+  __shared__ uint32_t ssum[R], cnt[R][2], pre[R][2];
+  __shared__ int s_cut[R], s_skip[R];
+
+  const int part = lane % LPT;
+  const uint8_t* cbase = sq.codes + kvh * sq.c_head;
+  // Token and 16-byte piece of load (it, u): warps cover 512 contiguous code bytes (when rows are packed).
+  auto load = [&](int64_t it, int u, uint4& v) {
+    const int64_t local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
+    v = make_uint4(0, 0, 0, 0);
+    if (local < len) {
+      const uint8_t* ptr = cbase + (t_begin + local) * sq.c_tok + part * 16;
+      if (p.vec_codes) {
+        v = __ldg(reinterpret_cast<const uint4*>(ptr));
+      } else {
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(ptr);
+        v = make_uint4(__ldg(w), __ldg(w + 1), __ldg(w + 2), __ldg(w + 3));
+      }
+    }
+  };
+  uint4 buf[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) load(0, u, buf[u]);  // in flight while the query codes are made
+
+  for (int i = tid; i < R * p.bins; i += kThreads) hist[i] = 0;
+  if (warp < G) {
+    const int qh = kvh * G + warp;
+    float x[D / 32];
+    load_lane<D, float>(p.q + (int64_t(b) * p.n_heads + qh) * D, x);
+    warp_hadamard<D>(x, p.hscale);
+    const Thr th = p.qthr ? p.qthr[qh] : p.cfg_thr;
+    warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(qw_s + warp * W));
+  }
+  __syncthreads();
+  uint32_t qw[G][4], qp[G][4];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) qw[g][i] = qw_s[g * W + part * 4 + i], qp[g][i] = therm_pack(qw[g][i]);
+
+  int64_t s0, tail;
+  middle(n, p.sink, p.window, s0, tail);
+  const int64_t iters = (len + int64_t(U) * TPI - 1) / (int64_t(U) * TPI);
+  for (int64_t it = 0; it < iters; ++it) {
+    if (it > 0) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) load(it, u, buf[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const uint32_t wk[4] = {buf[u].x, buf[u].y, buf[u].z, buf[u].w};
+      uint32_t pk[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pk[i] = therm_pack(wk[i]);
+      int d[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        d[g] = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) d[g] += word_l1(qp[g][i], qw[g][i], pk[i], wk[i]);
+#pragma unroll
+        for (int o = 1; o < LPT; o *= 2) d[g] += __shfl_xor_sync(0xffffffffu, d[g], o);
+      }
+      const int64_t local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
+      if (part == 0 && local < len) {
+        const int64_t t = t_begin + local;
+        const bool mid = t >= s0 && t < tail;
+        if constexpr (SHARED) {
+          int sum = 0;
+#pragma unroll
+          for (int g = 0; g < G; ++g) sum += d[g];
+          dist[local] = uint16_t(sum);
+          if (mid) atomicAdd(&hist[sum], 1u);
+        } else {
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            dist[g * p.tmax + local] = uint16_t(d[g]);
+            if (mid) atomicAdd(&hist[g * p.bins + d[g]], 1u);
+          }
+        }
+      }
+    }
+  }
+  cluster.sync();  // every block's histogram is complete
+
+  // Reduce-scatter: this rank sums bins [rank * S, rank * S + S) of every row over the cluster.
+  const int S = p.slice_bins;
+  for (int i = tid; i < R * S; i += kThreads) {
+    const int r = i / S, bin = rank * S + i % S;
+    uint32_t v = 0;
+    if (bin < p.bins)
+      for (int c = 0; c < C; ++c) v += cluster.map_shared_rank(hist, c)[r * p.bins + bin];
+    tot[i] = v;
+  }
+  __syncthreads();
+  if (warp < R) {
+    uint32_t v = 0;
+    for (int j = lane; j < S; j += 32) v += tot[warp * S + j];
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) ssum[warp] = v;
+  }
+  cluster.sync();  // slices and their sums are ready
+
+  // Cut-off of each row (warp r): the first bin whose inclusive count over the middle reaches `need`.
+  const int64_t need = int64_t(p.budget) - s0 - (n - tail);  // >= 0, < the middle's size
+  if (warp < R) {
+    const int r = warp;
+    uint32_t v = lane < C ? *cluster.map_shared_rank(&ssum[r], lane) : 0u;
+    uint32_t incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const uint32_t hit = __ballot_sync(0xffffffffu, lane < C && int64_t(incl) >= need);
+    const int j = __ffs(hit) - 1;  // the slice holding the cut (exists: the middle has more than `need` tokens)
+    int64_t before = int64_t(__shfl_sync(0xffffffffu, incl, j)) - __shfl_sync(0xffffffffu, v, j);
+    const uint32_t* rt = cluster.map_shared_rank(tot, j) + r * S;
+    for (int base = 0; base < S; base += 32) {
+      const uint32_t h = base + lane < S ? rt[base + lane] : 0u;
+      uint32_t c = h;
+#pragma unroll
+      for (int o = 1; o < 32; o *= 2) {
+        const uint32_t y = __shfl_up_sync(0xffffffffu, c, o);
+        if (lane >= o) c += y;
+      }
+      const uint32_t ok = __ballot_sync(0xffffffffu, before + int64_t(c) >= need);
+      if (ok) {
+        const int f = __ffs(ok) - 1;
+        const int64_t below = before + int64_t(__shfl_sync(0xffffffffu, c, f)) - __shfl_sync(0xffffffffu, h, f);
+        const int ties = int(__shfl_sync(0xffffffffu, h, f));
+        if (lane == 0) s_cut[r] = j * S + base + f, s_skip[r] = ties - int(need - below);
+        break;
+      }
+      before += __shfl_sync(0xffffffffu, c, 31);
+    }
+  }
+  __syncthreads();
+
+  // This block's kept (forced or below the cut) and tie counts per row.
+  for (int r = 0; r < R; ++r) {
+    const int cut = s_cut[r];
+    uint32_t a = 0, e = 0;
+    for (int i = tid; i < len; i += kThreads) {
+      const int64_t t = t_begin + i;
+      const bool mid = t >= s0 && t < tail;
+      const int dv = dist[r * p.tmax + i];
+      a += !mid || dv < cut;
+      e += mid && dv == cut;
+    }
+    const uint32_t ae = block_sum(a | (e << 16), warp_sums);  // len <= 32767 per block (host ensures)
+    if (tid == 0) cnt[r][0] = ae & 0xffffu, cnt[r][1] = ae >> 16;
+  }
+  cluster.sync();  // counts are ready
+  if (warp < R) {
+    uint32_t a = 0, e = 0;
+    if (lane < rank) a = cluster.map_shared_rank(&cnt[warp][0], lane)[0], e = cluster.map_shared_rank(&cnt[warp][0], lane)[1];
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+      a += __shfl_xor_sync(0xffffffffu, a, o);
+      e += __shfl_xor_sync(0xffffffffu, e, o);
+    }
+    if (lane == 0) pre[warp][0] = a, pre[warp][1] = e;
+  }
+  cluster.barrier_arrive();  // done reading other blocks' shared memory (they may exit once all arrive)
+  __syncthreads();
+
+  // Compaction of this block's tokens, in rounds of kThreads x 16 consecutive tokens.
+  for (int r = 0; r < R; ++r) {
+    const int cut = s_cut[r];
+    const uint32_t skip = uint32_t(s_skip[r]);
+    int32_t* out = p.idx + (row0 + r) * p.cap;
+    uint32_t carry_a = pre[r][0], carry_e = pre[r][1];
+    for (int base = 0; base < len; base += kThreads * 16) {
+      const int first = base + tid * 16;
+      uint32_t kind = 0, a_cnt = 0, e_cnt = 0;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int i = first + j;
+        if (i < len) {
+          const int64_t t = t_begin + i;
+          const bool mid = t >= s0 && t < tail;
+          const int dv = dist[r * p.tmax + i];
+          const bool keep = !mid || dv < cut;
+          const bool tie = mid && dv == cut;
+          kind |= (keep ? 1u : tie ? 2u : 0u) << (2 * j);
+          a_cnt += keep, e_cnt += tie;
+        }
+      }
+      uint32_t total;
+      const uint32_t ex = block_exclusive_scan(a_cnt | (e_cnt << 16), warp_sums, total);
+      uint32_t a_before = carry_a + (ex & 0xffffu), ties_before = carry_e + (ex >> 16);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const uint32_t k = (kind >> (2 * j)) & 3u;
+        const int32_t t = int32_t(t_begin + first + j);
+        if (k == 1) {
+          out[a_before + (ties_before > skip ? ties_before - skip : 0)] = t;
+          ++a_before;
+        } else if (k == 2) {
+          if (ties_before >= skip) out[a_before + ties_before - skip] = t;
+          ++ties_before;
+        }
+      }
+      carry_a += total & 0xffffu, carry_e += total >> 16;
+    }
+    if (rank == 0 && tid == 0) p.counts[row0 + r] = int32_t(p.budget);
+  }
+  cluster.barrier_wait();
+}
+
 // ---- standalone distances (tests, studies) -----------------------------------------------------------------------
 
 template <int D>
@@ -371,6 +658,133 @@ void launch_estimate(const SelectParams& p, dim3 grid, size_t smem, cudaStream_t
                "estimate smem attribute");
   estimate_kernel<D><<<grid, kThreads, smem, stream>>>(p);
   launch_check("estimate kernel launch");
+}
+
+// Launches the fused kernel with clusters of C blocks; false when a cluster of that size cannot be resident.
+template <int D, int G, bool SH>
+bool launch_fused_t(const FusedParams& p, int C, size_t smem, dim3 grid, cudaStream_t stream) {
+  static std::atomic<size_t> smem_set{0};
+  static std::atomic<bool> nonportable_set{false};
+  static std::atomic<size_t> c16_ok_upto{0};
+  auto* k = fused_select_kernel<D, G, SH>;
+  if (smem > smem_set.load()) {
+    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "fused select smem attribute");
+    smem_set = smem;
+  }
+  if (C > 8 && !nonportable_set.load()) {
+    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+               "fused select cluster attribute");
+    nonportable_set = true;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(C), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (C > 8 && smem > c16_ok_upto.load()) {
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, k, &cfg) != cudaSuccess || clusters < 1) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    c16_ok_upto = smem;
+  }
+  check_cuda(cudaLaunchKernelEx(&cfg, k, p), "fused select launch");
+  return true;
+}
+
+template <int D>
+bool launch_fused_d(int G, bool shared, const FusedParams& p, int C, size_t smem, dim3 grid, cudaStream_t s) {
+  switch (G) {
+    case 1: return launch_fused_t<D, 1, false>(p, C, smem, grid, s);
+    case 2: return shared ? launch_fused_t<D, 2, true>(p, C, smem, grid, s) : launch_fused_t<D, 2, false>(p, C, smem, grid, s);
+    case 4: return shared ? launch_fused_t<D, 4, true>(p, C, smem, grid, s) : launch_fused_t<D, 4, false>(p, C, smem, grid, s);
+    case 8: return shared ? launch_fused_t<D, 8, true>(p, C, smem, grid, s) : launch_fused_t<D, 8, false>(p, C, smem, grid, s);
+  }
+  return false;
+}
+
+// Selection path: ADAMAS_CUDA_SELECT=v1 forces the two-launch path, =fused:C the fused one with clusters of C
+// (tests); unset: fused when its shared memory fits, else v1.
+struct SelectPath {
+  bool v1 = false;
+  int force_c = 0;
+};
+SelectPath select_path() {
+  SelectPath sp;
+  if (const char* e = std::getenv("ADAMAS_CUDA_SELECT")) {
+    if (std::strcmp(e, "v1") == 0) sp.v1 = true;
+    else if (std::strncmp(e, "fused:", 6) == 0) sp.force_c = std::atoi(e + 6);
+  }
+  return sp;
+}
+
+constexpr size_t kFusedSmemMax = 160 * 1024;
+
+size_t fused_smem(int D, int G, int R, int bins, int C, int64_t n_max, int64_t* tmax, int* slice_bins) {
+  *tmax = ((n_max + C - 1) / C + 7) / 8 * 8;
+  *slice_bins = (bins + C - 1) / C;
+  return size_t(R * bins + R * *slice_bins + G * (D / 16)) * 4 + size_t(R) * size_t(*tmax) * 2;
+}
+
+// Tries the fused path for one batch chunk; false: use v1.
+bool try_fused(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads, bool shared, int units,
+               const AttentionConfig& config, const Thr* qthr, float hscale, int sms, int32_t* idx, int64_t cap,
+               int32_t* counts, cudaStream_t stream) {
+  const SelectPath sp = select_path();
+  if (sp.v1) return false;
+  const int G = n_heads / kvh, R = shared ? 1 : G;
+  const int bins = 3 * D * (shared ? G : 1) + 1;
+  int64_t n_max = 0;
+  bool vec = true;
+  for (int i = 0; i < bd.batch; ++i) {
+    const SeqDesc& s = bd.seq[i];
+    n_max = std::max(n_max, s.n);
+    vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
+  }
+  int C = 1;
+  if (sp.force_c > 0) {
+    C = sp.force_c;
+  } else {
+    while (C < 16 && int64_t(bd.batch) * kvh * C < sms) C *= 2;
+  }
+  int64_t tmax = 0;
+  int slice_bins = 0;
+  auto fits = [&](int c) {
+    const size_t smem = fused_smem(D, G, R, bins, c, n_max, &tmax, &slice_bins);
+    return smem <= kFusedSmemMax && tmax <= 32768;
+  };
+  while (sp.force_c == 0 && C < 16 && !fits(C)) C *= 2;
+  for (;;) {
+    if (!fits(C)) return false;
+    FusedParams p{};
+    p.bd = bd;
+    p.q = q;
+    p.n_heads = n_heads, p.kv_heads = kvh, p.units = units;
+    p.qthr = qthr;
+    p.cfg_thr = {config.thresholds.t0, config.thresholds.t1, config.thresholds.t2};
+    p.hscale = hscale;
+    p.budget = int(config.budget), p.sink = int(config.sink), p.window = int(config.window);
+    p.bins = bins, p.slice_bins = slice_bins, p.tmax = int(tmax), p.vec_codes = vec;
+    p.idx = idx, p.cap = cap, p.counts = counts;
+    const size_t smem = fused_smem(D, G, R, bins, C, n_max, &tmax, &slice_bins);
+    const dim3 grid(unsigned(C), unsigned(kvh), unsigned(bd.batch));
+    bool ok = false;
+    switch (D) {
+      case 64: ok = launch_fused_d<64>(G, shared, p, C, smem, grid, stream); break;
+      case 128: ok = launch_fused_d<128>(G, shared, p, C, smem, grid, stream); break;
+      case 256: ok = launch_fused_d<256>(G, shared, p, C, smem, grid, stream); break;
+    }
+    if (ok) return true;
+    if (C <= 8) return false;
+    C = 8;  // 16-block clusters not resident here
+  }
 }
 
 }  // namespace
@@ -412,12 +826,6 @@ SelectionView select(const BatchInputs& in, const AttentionConfig& config, Works
   const int64_t ld = (n_max + kCompactTile - 1) / kCompactTile * kCompactTile;
   const int64_t status_ld = ld / kCompactTile;
   const int bins = 3 * D * (shared ? G : 1) + 1;
-  ensure(&S.dist, &S.dist_bytes, size_t(batch * units * ld) * 2, false);
-  ensure(&S.hist, &S.hist_bytes, size_t(batch * units * bins) * 4, true);
-  ensure(&S.row_done, &S.row_done_bytes, size_t(batch * kvh) * 4, true);
-  ensure(&S.info, &S.info_bytes, size_t(batch * units) * sizeof(RowInfo), false);
-  ensure(&S.tile_ctr, &S.tile_ctr_bytes, 4, true);
-  ensure(&S.status, &S.status_bytes, size_t(batch * units * status_ld) * 8, true);
   ensure(&S.idx, &S.idx_bytes, size_t(batch * units * cap) * 4, false);
   ensure(&S.counts, &S.counts_bytes, size_t(batch * units) * 4, false);
 
@@ -425,6 +833,17 @@ SelectionView select(const BatchInputs& in, const AttentionConfig& config, Works
   for (size_t c = 0; c < chunks.size(); ++c) {
     const BatchDesc& bd = chunks[c];
     const int64_t b0 = int64_t(c) * kMaxBatch;
+    if (try_fused(bd, in.q + b0 * n_heads * D, D, kvh, n_heads, shared, units, config,
+                  reinterpret_cast<const Thr*>(in.query_thresholds), hscale, S.sms, S.idx + b0 * units * cap, cap,
+                  S.counts + b0 * units, stream))
+      continue;
+    // v1: two launches through scratch (rows longer than the fused kernel's shared memory allows).
+    ensure(&S.dist, &S.dist_bytes, size_t(batch * units * ld) * 2, false);
+    ensure(&S.hist, &S.hist_bytes, size_t(batch * units * bins) * 4, true);
+    ensure(&S.row_done, &S.row_done_bytes, size_t(batch * kvh) * 4, true);
+    ensure(&S.info, &S.info_bytes, size_t(batch * units) * sizeof(RowInfo), false);
+    ensure(&S.tile_ctr, &S.tile_ctr_bytes, 4, true);
+    ensure(&S.status, &S.status_bytes, size_t(batch * units * status_ld) * 8, true);
     SelectParams p{};
     p.bd = bd;
     p.q = in.q + b0 * n_heads * D;
