@@ -81,19 +81,34 @@ int main(int argc, char** argv) {
   battn->add_option("--json", ba.json, "also write the rows as JSON to this file");
 
   DemoArgs da;
-  auto* demo = app.add_subcommand("demo", "sparse vs full attention on a synthetic 32K-token cache with planted keys");
-  demo->add_option("--tokens", da.tokens, "cached tokens")->capture_default_str();
-  demo->add_option("--budget", da.budget, "Adamas token budget")->capture_default_str();
-  demo->add_option("--planted", da.planted, "keys planted to match the query")->capture_default_str();
-  demo->add_option("--seed", da.seed, "random seed")->capture_default_str();
-  demo->add_option("--json", da.json, "also write the results as JSON to this file");
+  PasskeyDemoArgs pa;
+  auto* demo = app.add_subcommand("demo", "the model finds a pass key in long prose: full attention vs Adamas");
+  demo->add_option("-m,--model", pa.model, "GGUF model file (default: the SmolLM2 model of scripts/fetch-model)");
+  demo->add_option("--text", pa.text, "prose to hide the key in")->capture_default_str();
+  demo->add_option("--tokens", pa.filler, "filler tokens of prose")->capture_default_str();
+  demo->add_option("--depth", pa.depth, "where the key sits, 0 (start) to 1 (end)")->capture_default_str();
+  demo->add_option("--budget", pa.budget, "Adamas token budget")->capture_default_str();
+  demo->add_option("--sparse-tail", pa.sparse_tail, "last prompt tokens decoded with the method")
+      ->capture_default_str();
+  demo->add_option("--seed", pa.seed, "seed of the key and of the text offset")->capture_default_str();
+  demo->add_option("-t,--threads", pa.threads, "threads (0: all cores)")->capture_default_str();
+  demo->add_option("--json", pa.json, "also write the results as JSON to this file");
+
+  auto* demo_op = app.add_subcommand(
+      "demo-operator", "the attention operator alone: sparse vs full on a synthetic 32K-token cache with planted keys");
+  demo_op->add_option("--tokens", da.tokens, "cached tokens")->capture_default_str();
+  demo_op->add_option("--budget", da.budget, "Adamas token budget")->capture_default_str();
+  demo_op->add_option("--planted", da.planted, "keys planted to match the query")->capture_default_str();
+  demo_op->add_option("--seed", da.seed, "random seed")->capture_default_str();
+  demo_op->add_option("--json", da.json, "also write the results as JSON to this file");
 
   try {
     app.parse(argc, argv);
     if (info->parsed()) return info_path.empty() ? (print_info(), 0) : info_model(info_path);
     if (run->parsed()) return run_model(ra);
     if (battn->parsed()) return bench_attention(ba);
-    if (demo->parsed()) return demo_synthetic(da);
+    if (demo->parsed()) return demo_passkey(pa);
+    if (demo_op->parsed()) return demo_synthetic(da);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const adamas::Error& e) {

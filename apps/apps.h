@@ -34,6 +34,17 @@ struct DemoArgs {
 };
 int demo_synthetic(const DemoArgs& args);
 
+struct PasskeyDemoArgs {
+  std::string model;  // empty: the default model
+  std::string text = "data/texts/austen-emma.txt";
+  int64_t filler = 2500, budget = 64, sparse_tail = 100;
+  double depth = 0.5;
+  uint64_t seed = 1;
+  int threads = 0;
+  std::string json;
+};
+int demo_passkey(const PasskeyDemoArgs& args);
+
 // `adamas run`: generate text from a prompt with a GGUF model (apps/run.cpp).
 struct RunArgs {
   std::string model;  // empty: the default model
