@@ -28,6 +28,7 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& ref) {
 }  // namespace
 
 int demo_synthetic(const DemoArgs& a) {
+  ADAMAS_CHECK_ARG(a.budget > 0, "--budget {} (expected > 0)", a.budget);
   ADAMAS_CHECK_ARG(a.tokens > a.budget, "--tokens {} must exceed --budget {} for a sparse demo", a.tokens, a.budget);
   ADAMAS_CHECK_ARG(a.planted > 0 && a.planted * (a.heads / a.kv_heads) < a.tokens, "--planted {} out of range",
                    a.planted);
