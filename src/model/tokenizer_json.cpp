@@ -401,7 +401,8 @@ TokenizerSpec tokenizer_spec_from_json(std::string_view text, std::string_view s
   return s;
 }
 
-std::vector<uint8_t> tokenizer_spec_to_gguf(const TokenizerSpec& s) {
+namespace {
+MetaWriter write_spec(const TokenizerSpec& s) {
   MetaWriter w;
   w.kv_str("tokenizer.ggml.model", s.model);
   if (!s.pre.empty()) w.kv_str("tokenizer.ggml.pre", s.pre);
@@ -414,7 +415,16 @@ std::vector<uint8_t> tokenizer_spec_to_gguf(const TokenizerSpec& s) {
   if (s.unk_id >= 0) w.kv_u32("tokenizer.ggml.unknown_token_id", uint32_t(s.unk_id));
   if (s.add_bos) w.kv_bool("tokenizer.ggml.add_bos_token", *s.add_bos);
   if (s.add_space_prefix) w.kv_bool("tokenizer.ggml.add_space_prefix", *s.add_space_prefix);
-  return w.finish();
+  return w;
+}
+}  // namespace
+
+std::vector<uint8_t> tokenizer_spec_to_gguf(const TokenizerSpec& s) { return write_spec(s).finish(); }
+
+std::vector<uint8_t> tokenizer_spec_gguf_kv(const TokenizerSpec& s, uint64_t* n_kv) {
+  MetaWriter w = write_spec(s);
+  *n_kv = w.n_kv;
+  return std::move(w.bytes);
 }
 
 Tokenizer tokenizer_from_spec(const TokenizerSpec& spec, std::string_view source) {
@@ -427,7 +437,7 @@ Tokenizer tokenizer_from_json(std::string_view text, std::string_view source, co
   return tokenizer_from_spec(tokenizer_spec_from_json(text, source, options), source);
 }
 
-Tokenizer load_hf_tokenizer(const std::string& path, const HfConfig* config) {
+TokenizerSpec load_hf_tokenizer_spec(const std::string& path, const HfConfig* config) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path file = path;
@@ -440,7 +450,14 @@ Tokenizer load_hf_tokenizer(const std::string& path, const HfConfig* config) {
     o.bos_id = config->bos_token_id;
     o.eos_id = config->eos_token_id();
   }
-  return tokenizer_from_json(read_file(file.string()), file.string(), o);
+  return tokenizer_spec_from_json(read_file(file.string()), file.string(), o);
+}
+
+Tokenizer load_hf_tokenizer(const std::string& path, const HfConfig* config) {
+  std::error_code ec;
+  std::filesystem::path file = path;
+  if (std::filesystem::is_directory(file, ec)) file /= "tokenizer.json";
+  return tokenizer_from_spec(load_hf_tokenizer_spec(path, config), file.string());
 }
 
 }  // namespace adamas

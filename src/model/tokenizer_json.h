@@ -64,6 +64,9 @@ TokenizerSpec tokenizer_spec_from_json(std::string_view tokenizer_json, std::str
                                        const HfTokenizerOptions& options = {});
 // The spec as the bytes of a GGUF file with no tensors (tokenizer.ggml.* keys only).
 std::vector<uint8_t> tokenizer_spec_to_gguf(const TokenizerSpec& spec);
+// Just the serialized GGUF key-value entries (key, type, value; no file header), and their count in *n_kv: for
+// writers that put the tokenizer into a larger GGUF (hf_model.h).
+std::vector<uint8_t> tokenizer_spec_gguf_kv(const TokenizerSpec& spec, uint64_t* n_kv);
 // The Tokenizer for a spec (through tokenizer_spec_to_gguf and Tokenizer::from_gguf).
 Tokenizer tokenizer_from_spec(const TokenizerSpec& spec, std::string_view source = "tokenizer.json");
 // tokenizer.json text -> Tokenizer.
@@ -72,5 +75,7 @@ Tokenizer tokenizer_from_json(std::string_view tokenizer_json, std::string_view 
 // Reads <dir>/tokenizer.json, and <dir>/tokenizer_config.json when present; `config` (may be null) supplies
 // vocab_size and the BOS/EOS fallbacks. `path` may also name the tokenizer.json file itself.
 Tokenizer load_hf_tokenizer(const std::string& path, const HfConfig* config = nullptr);
+// The same, stopping at the spec.
+TokenizerSpec load_hf_tokenizer_spec(const std::string& path, const HfConfig* config = nullptr);
 
 }  // namespace adamas

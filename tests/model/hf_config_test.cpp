@@ -1,15 +1,22 @@
 // config.json parsing (Llama / SmolLM2, Llama 3.1 rope scaling, linear scaling, Mistral, Qwen2, rejections) and the
 // HF -> GGUF conventions (tensor names, RoPE row permutation).
 #include "model/hf_config.h"
+#include "model/hf_model.h"
+#include "model/tokenizer.h"
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <random>
-#include <unistd.h>
 #include <string>
+#include <tuple>
 
 namespace adamas {
 namespace {
@@ -336,6 +343,229 @@ TEST(hf_config, rope_row_permutation_matches_rotate_half) {
         EXPECT_NEAR(gg[size_t(h * hd + 2 * i + j)], hf[size_t(h * hd + j * half + i)], 1e-9);
   EXPECT_THROW(permute_rope_rows(w.data(), wp.data(), rows + 1, in * 4, n_heads, hd), Error);
   EXPECT_THROW(rope_row_permutation(2, 5), Error);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A tiny HF model directory converted to GGUF (hf_model.h).
+// ---------------------------------------------------------------------------------------------------------------
+
+struct TinyHf {
+  std::filesystem::path dir;
+  // hidden 8, 2 heads of 4, 1 KV head, ffn 12, 1 layer, vocab 6.
+  static constexpr int64_t H = 8, NH = 2, NKV = 1, HD = 4, FF = 12, V = 6;
+  std::map<std::string, std::vector<float>> values;  // HF name -> values (row-major, HF shape)
+
+  explicit TinyHf(const std::string& config_json, bool with_lm_head, bool qkv_bias) {
+    dir = std::filesystem::temp_directory_path() / ("adamas_hf_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir / "config.json") << config_json;
+    std::vector<std::tuple<std::string, std::vector<int64_t>>> specs = {
+        {"model.embed_tokens.weight", {V, H}},
+        {"model.norm.weight", {H}},
+        {"model.layers.0.input_layernorm.weight", {H}},
+        {"model.layers.0.post_attention_layernorm.weight", {H}},
+        {"model.layers.0.self_attn.q_proj.weight", {NH * HD, H}},
+        {"model.layers.0.self_attn.k_proj.weight", {NKV * HD, H}},
+        {"model.layers.0.self_attn.v_proj.weight", {NKV * HD, H}},
+        {"model.layers.0.self_attn.o_proj.weight", {H, NH * HD}},
+        {"model.layers.0.mlp.gate_proj.weight", {FF, H}},
+        {"model.layers.0.mlp.up_proj.weight", {FF, H}},
+        {"model.layers.0.mlp.down_proj.weight", {H, FF}},
+        {"model.layers.0.self_attn.rotary_emb.inv_freq", {HD / 2}},
+    };
+    if (with_lm_head) specs.push_back({"lm_head.weight", {V, H}});
+    if (qkv_bias) {
+      specs.push_back({"model.layers.0.self_attn.q_proj.bias", {NH * HD}});
+      specs.push_back({"model.layers.0.self_attn.k_proj.bias", {NKV * HD}});
+      specs.push_back({"model.layers.0.self_attn.v_proj.bias", {NKV * HD}});
+    }
+    // Two shards: BF16 matrices (values exact in bf16: small multiples of 1/8), F32 1-D tensors.
+    nlohmann::json h1 = nlohmann::json::object(), h2 = nlohmann::json::object(), wm = nlohmann::json::object();
+    std::vector<uint8_t> d1, d2;
+    int k = 0;
+    for (const auto& [name, shape] : specs) {
+      int64_t n = 1;
+      for (int64_t x : shape) n *= x;
+      std::vector<float> v(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) v[size_t(i)] = float((i * 7 + k * 3) % 17 - 8) / 8.0f;
+      ++k;
+      values[name] = v;
+      const bool matrix = shape.size() == 2;
+      auto& data = matrix ? d1 : d2;
+      auto& hdr = matrix ? h1 : h2;
+      const size_t begin = data.size();
+      for (float f : v) {
+        if (matrix) {
+          uint32_t u;
+          std::memcpy(&u, &f, 4);
+          const uint16_t b = uint16_t(u >> 16);
+          data.push_back(uint8_t(b)), data.push_back(uint8_t(b >> 8));
+        } else {
+          const auto* p = reinterpret_cast<const uint8_t*>(&f);
+          data.insert(data.end(), p, p + 4);
+        }
+      }
+      hdr[name] = {{"dtype", matrix ? "BF16" : "F32"}, {"shape", shape}, {"data_offsets", {begin, data.size()}}};
+      wm[name] = matrix ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+    }
+    auto write = [&](const std::string& file, const nlohmann::json& hdr, const std::vector<uint8_t>& data) {
+      std::string t = hdr.dump();
+      while (t.size() % 8) t += ' ';
+      const uint64_t len = t.size();
+      std::ofstream out(dir / file, std::ios::binary);
+      out.write(reinterpret_cast<const char*>(&len), 8);
+      out << t;
+      out.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size()));
+    };
+    write("model-00001-of-00002.safetensors", h1, d1);
+    write("model-00002-of-00002.safetensors", h2, d2);
+    std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"weight_map", wm}}.dump();
+    // Tokenizer: byte-level, 6 tokens.
+    nlohmann::json vocab = {{"<s>", 0}, {"a", 1}, {"b", 2}, {"ab", 3}, {"\xC4\xA0", 4}, {"\xC4\xA0" "a", 5}};
+    nlohmann::json tok = {
+        {"added_tokens", {{{"id", 0}, {"content", "<s>"}, {"special", true}}}},
+        {"normalizer", nullptr},
+        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array({"a b", "\xC4\xA0 a"})}}}};
+    std::ofstream(dir / "tokenizer.json") << tok.dump();
+  }
+  ~TinyHf() { std::filesystem::remove_all(dir); }
+};
+
+constexpr const char* kTinyConfig = R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2,
+  "num_key_value_heads": 1, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "max_position_embeddings": 1024,
+  "vocab_size": 6, "tie_word_embeddings": true, "bos_token_id": 0, "eos_token_id": 0,
+  "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64}})";
+
+TEST(hf_model, tiny_llama_converts_to_gguf) {
+  const TinyHf m(kTinyConfig, /*with_lm_head=*/true, /*qkv_bias=*/false);
+  for (const std::string& cache : {std::string(), (m.dir / "converted.gguf").string()}) {
+    const GgufFile f = hf_to_gguf(m.dir.string(), cache);
+    EXPECT_EQ(f.get_string("general.architecture"), "llama");
+    EXPECT_EQ(f.get_int("llama.embedding_length"), 8);
+    EXPECT_EQ(f.get_int("llama.block_count"), 1);
+    EXPECT_EQ(f.get_int("llama.feed_forward_length"), 12);
+    EXPECT_EQ(f.get_int("llama.attention.head_count"), 2);
+    EXPECT_EQ(f.get_int("llama.attention.head_count_kv"), 1);
+    EXPECT_EQ(f.get_int("llama.rope.dimension_count"), 4);
+    EXPECT_EQ(f.get_int("llama.context_length"), 1024);
+    EXPECT_EQ(f.get_int("llama.vocab_size"), 6);
+    EXPECT_FLOAT_EQ(float(f.get_float("llama.rope.freq_base")), 500000.0f);
+    EXPECT_FLOAT_EQ(float(f.get_float("llama.attention.layer_norm_rms_epsilon")), 1e-5f);
+    EXPECT_FALSE(f.has("llama.attention.key_length"));
+    EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "gpt2");
+    const Tokenizer tok = Tokenizer::from_gguf(f);
+    EXPECT_EQ(tok.encode("ab a"), (std::vector<int32_t>{3, 5}));
+    EXPECT_EQ(tok.bos_id(), 0);
+
+    // Tied: no output.weight; no inv_freq buffer; llama3 scaling as rope_freqs.weight.
+    EXPECT_EQ(f.find_tensor("output.weight"), nullptr);
+    EXPECT_EQ(f.tensors().size(), 11u + 1u);
+    const GgufTensor& rf = f.tensor("rope_freqs.weight");
+    EXPECT_EQ(rf.type, GgmlType::F32);
+    const auto factors = parse_hf_config(kTinyConfig).rope_freq_factors();
+    ASSERT_EQ(rf.n_elements, 2);
+    for (int i = 0; i < 2; ++i) {
+      float x;
+      std::memcpy(&x, rf.data + 4 * i, 4);
+      EXPECT_EQ(x, factors[size_t(i)]);
+    }
+
+    auto row_values = [](const GgufTensor& t, int64_t r) {
+      std::vector<float> out(static_cast<size_t>(t.row_length()));
+      dequantize_row(t.type, t.row(r), out.data(), t.row_length());
+      return out;
+    };
+    auto hf_row = [&](const std::string& name, int64_t r, int64_t cols) {
+      const auto& v = m.values.at(name);
+      return std::vector<float>(v.begin() + r * cols, v.begin() + (r + 1) * cols);
+    };
+    // Matrices: same dtype, ggml shape {in, out}; q/k rows permuted, others as is.
+    const GgufTensor& emb = f.tensor("token_embd.weight");
+    EXPECT_EQ(emb.type, GgmlType::BF16);
+    EXPECT_EQ(emb.shape, (std::vector<int64_t>{8, 6}));
+    EXPECT_EQ(row_values(emb, 4), hf_row("model.embed_tokens.weight", 4, 8));
+    const GgufTensor& wq = f.tensor("blk.0.attn_q.weight");
+    EXPECT_EQ(wq.shape, (std::vector<int64_t>{8, 8}));
+    const auto pq = rope_row_permutation(2, 4);
+    for (int64_t r = 0; r < 8; ++r)
+      EXPECT_EQ(row_values(wq, r), hf_row("model.layers.0.self_attn.q_proj.weight", pq[size_t(r)], 8)) << r;
+    const GgufTensor& wk = f.tensor("blk.0.attn_k.weight");
+    const auto pk = rope_row_permutation(1, 4);
+    EXPECT_EQ(pk, (std::vector<int64_t>{0, 2, 1, 3}));
+    for (int64_t r = 0; r < 4; ++r)
+      EXPECT_EQ(row_values(wk, r), hf_row("model.layers.0.self_attn.k_proj.weight", pk[size_t(r)], 8)) << r;
+    const GgufTensor& wv = f.tensor("blk.0.attn_v.weight");
+    EXPECT_EQ(row_values(wv, 1), hf_row("model.layers.0.self_attn.v_proj.weight", 1, 8));
+    const GgufTensor& down = f.tensor("blk.0.ffn_down.weight");
+    EXPECT_EQ(down.shape, (std::vector<int64_t>{12, 8}));
+    EXPECT_EQ(row_values(down, 7), hf_row("model.layers.0.mlp.down_proj.weight", 7, 12));
+    const GgufTensor& norm = f.tensor("blk.0.attn_norm.weight");
+    EXPECT_EQ(norm.type, GgmlType::F32);
+    EXPECT_EQ(row_values(norm, 0), m.values.at("model.layers.0.input_layernorm.weight"));
+    EXPECT_NE(f.find_tensor("output_norm.weight"), nullptr);
+    EXPECT_NE(f.find_tensor("blk.0.ffn_gate.weight"), nullptr);
+    EXPECT_NE(f.find_tensor("blk.0.ffn_up.weight"), nullptr);
+    EXPECT_NE(f.find_tensor("blk.0.ffn_norm.weight"), nullptr);
+    EXPECT_NE(f.find_tensor("blk.0.attn_output.weight"), nullptr);
+  }
+}
+
+TEST(hf_model, qwen2_keeps_rows_and_converts_biases) {
+  std::string cfg = kTinyConfig;
+  cfg.replace(cfg.find("LlamaForCausalLM"), 16, "Qwen2ForCausalLM");
+  cfg.replace(cfg.find("\"llama\""), 7, "\"qwen2\"");
+  cfg.replace(cfg.find("\"tie_word_embeddings\": true"), 27, "\"tie_word_embeddings\": false");
+  const TinyHf m(cfg, /*with_lm_head=*/true, /*qkv_bias=*/true);
+  const GgufFile f = hf_to_gguf(m.dir.string());
+  EXPECT_EQ(f.get_string("general.architecture"), "qwen2");
+  EXPECT_EQ(f.get_int("qwen2.block_count"), 1);
+  EXPECT_NE(f.find_tensor("output.weight"), nullptr);
+  const GgufTensor& bq = f.tensor("blk.0.attn_q.bias");
+  EXPECT_EQ(bq.type, GgmlType::F32);
+  std::vector<float> got(8);
+  std::memcpy(got.data(), bq.data, 32);
+  EXPECT_EQ(got, m.values.at("model.layers.0.self_attn.q_proj.bias"));  // qwen2: not permuted (NeoX rope)
+  const GgufTensor& wq = f.tensor("blk.0.attn_q.weight");
+  std::vector<float> row(8);
+  dequantize_row(wq.type, wq.row(1), row.data(), 8);
+  const auto& v = m.values.at("model.layers.0.self_attn.q_proj.weight");
+  EXPECT_EQ(row, std::vector<float>(v.begin() + 8, v.begin() + 16));
+}
+
+TEST(hf_model, rejects_unknown_tensors) {
+  const TinyHf m(kTinyConfig, true, true);  // llama without attention_bias, but bias tensors present: mapped
+  EXPECT_NO_THROW(hf_to_gguf(m.dir.string()));
+  // An extra tensor with no GGUF name.
+  std::string idx;
+  {
+    std::ifstream in(m.dir / "model.safetensors.index.json");
+    idx.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto j = nlohmann::json::parse(idx);
+  // Rewrite shard 2 with an extra tensor.
+  const float x[2] = {1, 2};
+  nlohmann::json hdr = {{"model.layers.0.mlp.gate_proj.bias", {{"dtype", "F32"}, {"shape", {2}},
+                                                               {"data_offsets", {0, 8}}}}};
+  std::string t = hdr.dump();
+  const uint64_t len = t.size();
+  std::ofstream out(m.dir / "extra.safetensors", std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&len), 8);
+  out << t;
+  out.write(reinterpret_cast<const char*>(x), 8);
+  out.close();
+  j["weight_map"]["model.layers.0.mlp.gate_proj.bias"] = "extra.safetensors";
+  std::ofstream(m.dir / "model.safetensors.index.json") << j.dump();
+  try {
+    hf_to_gguf(m.dir.string());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::unsupported);
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.mlp.gate_proj.bias"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
