@@ -218,13 +218,8 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 
 namespace {
 
-float dot_f32(const float* a, const float* b, int64_t n) {
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// y[t][r] for 4 tokens x 4 rows of f32 weights (n a multiple of 8): 16 independent accumulators, each load used 4x.
+// y[t][r] = W[r] . x[t] for T tokens x R rows of f32 weights (n a multiple of 8): T*R independent accumulators that,
+// with the T inputs, fit the 16 AVX registers (3 x 4: 12 + 3), so each loaded vector is used several times.
 #if defined(__AVX2__) && defined(__FMA__)
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -233,28 +228,27 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-void kernel_4x4(const float* w, int64_t w_stride, const float* x, int64_t x_stride, int64_t n, float* y,
-                int64_t y_stride) {
-  __m256 acc[4][4];
-  for (auto& a : acc)
-    for (auto& v : a) v = _mm256_setzero_ps();
+template <int T, int R>
+void kernel(const float* w, int64_t w_stride, const float* x, int64_t x_stride, int64_t n, float* y,
+            int64_t y_stride) {
+  __m256 acc[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n; i += 8) {
-    const __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + w_stride + i),
-                 w2 = _mm256_loadu_ps(w + 2 * w_stride + i), w3 = _mm256_loadu_ps(w + 3 * w_stride + i);
-    for (int t = 0; t < 4; ++t) {
-      const __m256 xv = _mm256_loadu_ps(x + t * x_stride + i);
-      acc[t][0] = _mm256_fmadd_ps(w0, xv, acc[t][0]);
-      acc[t][1] = _mm256_fmadd_ps(w1, xv, acc[t][1]);
-      acc[t][2] = _mm256_fmadd_ps(w2, xv, acc[t][2]);
-      acc[t][3] = _mm256_fmadd_ps(w3, xv, acc[t][3]);
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(x + t * x_stride + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * w_stride + i);
+      for (int t = 0; t < T; ++t) acc[t][r] = _mm256_fmadd_ps(wv, xv[t], acc[t][r]);
     }
   }
-  for (int t = 0; t < 4; ++t)
-    for (int r = 0; r < 4; ++r) y[t * y_stride + r] = hsum(acc[t][r]);
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) y[t * y_stride + r] = hsum(acc[t][r]);
 }
 constexpr bool kHaveKernel = true;
 #else
-void kernel_4x4(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t) {}
+template <int T, int R>
+void kernel(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t) {}
 constexpr bool kHaveKernel = false;
 #endif
 
@@ -279,29 +273,29 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_s
     return;
   }
   // Matrix-matrix (prefill): each block of rows is dequantized once to f32 (L1/L2-resident) and multiplied with
-  // every token by a 4x4 register-blocked kernel.
+  // every token by register-blocked kernels (3 tokens x 4 rows, and the edges).
 #pragma omp parallel
   {
     std::vector<float> wbuf(static_cast<size_t>(kRows * cols));
-    float tile[16];
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kRows, nr = std::min(w.rows, r0 + kRows) - r0;
       for (int64_t r = 0; r < nr; ++r) dequantize_row(type, w.row(r0 + r), wbuf.data() + r * cols, cols);
-      const int64_t t4 = n_tokens / 4 * 4, r4 = nr / 4 * 4;
-      for (int64_t t = 0; t < t4; t += 4) {
-        for (int64_t r = 0; r < r4; r += 4) {
-          kernel_4x4(wbuf.data() + r * cols, cols, x + t * x_stride, x_stride, cols, tile, 4);
-          for (int64_t i = 0; i < 4; ++i)
-            for (int64_t j = 0; j < 4; ++j) y[(t + i) * y_stride + r0 + r + j] = tile[i * 4 + j];
-        }
+      const int64_t t3 = n_tokens / 3 * 3, r4 = nr / 4 * 4;
+      const float* wb = wbuf.data();
+      float* yb = y + r0;
+      for (int64_t t = 0; t < t3; t += 3) {
+        for (int64_t r = 0; r < r4; r += 4)
+          kernel<3, 4>(wb + r * cols, cols, x + t * x_stride, x_stride, cols, yb + t * y_stride + r, y_stride);
         for (int64_t r = r4; r < nr; ++r)
-          for (int64_t i = 0; i < 4; ++i)
-            y[(t + i) * y_stride + r0 + r] = dot_f32(wbuf.data() + r * cols, x + (t + i) * x_stride, cols);
+          kernel<3, 1>(wb + r * cols, cols, x + t * x_stride, x_stride, cols, yb + t * y_stride + r, y_stride);
       }
-      for (int64_t t = t4; t < n_tokens; ++t)
-        for (int64_t r = 0; r < nr; ++r)
-          y[t * y_stride + r0 + r] = dot_f32(wbuf.data() + r * cols, x + t * x_stride, cols);
+      for (int64_t t = t3; t < n_tokens; ++t) {
+        for (int64_t r = 0; r < r4; r += 4)
+          kernel<1, 4>(wb + r * cols, cols, x + t * x_stride, x_stride, cols, yb + t * y_stride + r, y_stride);
+        for (int64_t r = r4; r < nr; ++r)
+          kernel<1, 1>(wb + r * cols, cols, x + t * x_stride, x_stride, cols, yb + t * y_stride + r, y_stride);
+      }
     }
   }
 }
