@@ -4,7 +4,10 @@
 // clean lines; --flush write: a 256 MB memset, whose dirty lines cost every timed call up to ~17 us of write-backs); GB/s against a device-to-device copy
 // measured in the same run. Prints a table and writes JSON lines (--json FILE).
 //
-// bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N]
+// bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]
+//   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all] [--no-dense] [--probe]
+// --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
+// in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -71,6 +74,54 @@ struct Timer {
   }
 };
 
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    v.push_back(std::atoll(s.substr(i, j - i).c_str()));
+    i = j + 1;
+  }
+  return v;
+}
+
+// Per-phase breakdown of one launch from its stamps: [blocks][8] globaltimer values (0 = not written).
+void print_stamps(const char* what, const std::vector<unsigned long long>& st, unsigned long long before,
+                  unsigned long long after, int slots_used) {
+  unsigned long long t0 = ~0ull, tend = 0;
+  int blocks = 0;
+  for (size_t b = 0; b * 8 < st.size(); ++b) {
+    if (st[b * 8] == 0) continue;
+    ++blocks;
+    t0 = std::min(t0, st[b * 8]);
+    for (int k = 0; k < 8; ++k) tend = std::max(tend, st[b * 8 + k]);
+  }
+  if (blocks == 0) {
+    std::printf("  %s: no stamps\n", what);
+    return;
+  }
+  std::printf("  %s: %d blocks; marker->first entry %.2f us, last stamp->marker %.2f us, first entry->last stamp "
+              "%.2f us\n", what, blocks, (double(t0) - double(before)) / 1e3, (double(after) - double(tend)) / 1e3,
+              double(tend - t0) / 1e3);
+  std::printf("    slot:   ");
+  for (int k = 0; k < slots_used; ++k) std::printf(" %8d", k);
+  std::printf("\n");
+  for (const char* stat : {"min", "median", "max"}) {
+    std::printf("    %-7s ", stat);
+    for (int k = 0; k < slots_used; ++k) {
+      std::vector<double> v;
+      for (size_t b = 0; b * 8 < st.size(); ++b)
+        if (st[b * 8] != 0 && st[b * 8 + k] != 0) v.push_back(double(st[b * 8 + k] - t0) / 1e3);
+      std::sort(v.begin(), v.end());
+      double x = NAN;
+      if (!v.empty()) x = stat[1] == 'i' ? v.front() : stat[1] == 'e' ? v[v.size() / 2] : v.back();
+      std::printf(" %8.2f", x);
+    }
+    std::printf("   (us since first entry)\n");
+  }
+}
+
 struct Shape {
   const char* name;
   int heads, kv_heads;
@@ -83,6 +134,9 @@ int main(int argc, char** argv) {
   std::string sdpa = "bench/cuda/sdpa_baseline.py", json_path;
   int iters = 50;
   std::string flush_mode = "read";
+  std::string shapes_sel = "all";
+  std::vector<int64_t> ctx_sel, budget_sel, batch_sel;
+  bool no_dense = false, probe = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -90,6 +144,12 @@ int main(int argc, char** argv) {
     else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--iters" && i + 1 < argc) iters = std::atoi(argv[++i]);
     else if (a == "--flush" && i + 1 < argc) flush_mode = argv[++i];
+    else if (a == "--ctx" && i + 1 < argc) ctx_sel = parse_list(argv[++i]);
+    else if (a == "--budgets" && i + 1 < argc) budget_sel = parse_list(argv[++i]);
+    else if (a == "--batches" && i + 1 < argc) batch_sel = parse_list(argv[++i]);
+    else if (a == "--shapes" && i + 1 < argc) shapes_sel = argv[++i];
+    else if (a == "--no-dense") no_dense = true;
+    else if (a == "--probe") probe = true;
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
       return 2;
@@ -100,7 +160,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   const int D = 128;
-  const std::vector<Shape> shapes = {{"llama2-7b-mha", 32, 32}, {"llama3-8b-gqa", 32, 8}};
+  std::vector<Shape> shapes;
+  if (shapes_sel != "gqa") shapes.push_back({"llama2-7b-mha", 32, 32});
+  if (shapes_sel != "mha") shapes.push_back({"llama3-8b-gqa", 32, 8});
   struct Cfg {
     int batch;
     int64_t ctx;
@@ -109,9 +171,20 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> ctx1 = quick ? std::vector<int64_t>{4096, 32768} :
                                             std::vector<int64_t>{4096, 8192, 16384, 32768, 65536, 131072};
   const std::vector<int64_t> ctx16 = quick ? std::vector<int64_t>{32768} : std::vector<int64_t>{4096, 32768, 131072};
-  for (auto c : ctx1) cfgs.push_back({1, c});
-  for (auto c : ctx16) cfgs.push_back({16, c});
-  const std::vector<int64_t> budgets = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{64, 256, 1024, 4096};
+  auto want = [](const std::vector<int64_t>& sel, int64_t v) {
+    return sel.empty() || std::find(sel.begin(), sel.end(), v) != sel.end();
+  };
+  if (!ctx_sel.empty()) {  // explicit contexts: every selected batch size at each
+    for (int64_t b : batch_sel.empty() ? std::vector<int64_t>{1} : batch_sel)
+      for (auto c : ctx_sel) cfgs.push_back({int(b), c});
+  } else {
+    for (auto c : ctx1)
+      if (want(batch_sel, 1)) cfgs.push_back({1, c});
+    for (auto c : ctx16)
+      if (want(batch_sel, 16)) cfgs.push_back({16, c});
+  }
+  const std::vector<int64_t> budgets = !budget_sel.empty() ? budget_sel :
+                                       quick ? std::vector<int64_t>{256} : std::vector<int64_t>{64, 256, 1024, 4096};
 
   // PyTorch SDPA first (its own process, before our buffers take the memory).
   std::map<std::string, double> sdpa_us;
@@ -161,6 +234,30 @@ int main(int argc, char** argv) {
     cudaFree(dst);
   }
   const double empty_us = timer.median_us([&] { bench_empty_kernel(); }, iters);
+  unsigned long long* marks = nullptr;  // probe: globaltimer before / after the probed launch
+  unsigned long long *sel_st = nullptr, *att_st = nullptr;
+  const size_t st_blocks = 65536;
+  bool stamps = false;
+  if (probe) {
+    std::printf("probe: launch floor under the same timer (L2 flushed by reading before each):\n");
+    std::printf("  empty kernel, no parameters            %7.2f us\n", empty_us);
+    std::printf("  empty kernel, 5.6 KB parameter         %7.2f us\n",
+                timer.median_us([&] { bench_empty_big_param(); }, iters));
+    for (int C : {1, 8, 16})
+      for (int syncs : {0, 3}) {
+        const int blocks = C == 16 ? 128 : 256;
+        std::printf("  %3d blocks, clusters of %2d, %d cluster barriers, 5.6 KB parameter  %7.2f us\n", blocks, C,
+                    syncs, timer.median_us([&] { bench_cluster_kernel(blocks, C, syncs, 0); }, iters));
+      }
+    for (int C : {8, 16})
+      for (int smem : {0, 3 * 1024, 40 * 1024, 70 * 1024})
+        std::printf("  max co-resident clusters of %2d at %6d B shared: %d\n", C, smem, bench_max_clusters(C, smem));
+    ck(cudaMalloc(&marks, 16), "marks");
+    ck(cudaMalloc(&sel_st, st_blocks * 64), "stamps");
+    ck(cudaMalloc(&att_st, st_blocks * 64), "stamps");
+    stamps = cuda::set_phase_stamps(nullptr, nullptr);
+    if (!stamps) std::printf("probe: this build has no phase stamps (configure with -DADAMAS_CUDA_STAMPS=ON)\n");
+  }
   std::printf("device: %s; copy bandwidth %.0f GB/s (read + write); SDPA: %s\n", cuda::device_name(), copy_gbs,
               torch_info.c_str());
 
@@ -204,7 +301,8 @@ int main(int argc, char** argv) {
       cuda::Workspace ws;
       const cuda::BatchInputs in{q, H, seqs, nullptr};
       const float scale = 1.0f / std::sqrt(float(D));
-      const double dense = timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
+      const double dense =
+          no_dense ? NAN : timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
       const double kv_bytes = double(kv_elems) * 2 * 2;
       const double gbs = kv_bytes / (dense * 1e3);
       const std::string key = std::to_string(H) + ":" + std::to_string(KVH) + ":" + std::to_string(B) + ":" +
@@ -218,6 +316,30 @@ int main(int argc, char** argv) {
         const double sel = timer.median_us([&] { cuda::select(in, cfg, ws, nullptr); }, iters);
         const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
         const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
+        if (probe) {
+          std::printf("probe %s batch %lld context %lld budget %lld: select %.2f us, attend %.2f us (event timer)\n",
+                      s.name, (long long)B, (long long)n, (long long)budget, sel, att);
+          if (stamps) {
+            // One flushed launch of each, bracketed by 1-thread globaltimer kernels.
+            for (int which = 0; which < 2; ++which) {
+              for (int rep = 0; rep < 3; ++rep) {
+                ck(cudaMemset(which == 0 ? sel_st : att_st, 0, st_blocks * 64), "stamps clear");
+                cuda::set_phase_stamps(which == 0 ? sel_st : nullptr, which == 1 ? att_st : nullptr);
+                timer.flush_l2(rep);
+                bench_stamp(marks);
+                if (which == 0) cuda::select(in, cfg, ws, nullptr);
+                else cuda::attend_selected(in, cfg, ws, scale, out, nullptr);
+                bench_stamp(marks + 1);
+                ck(cudaDeviceSynchronize(), "probe");
+                cuda::set_phase_stamps(nullptr, nullptr);
+              }
+              std::vector<unsigned long long> st(st_blocks * 8), mk(2);
+              ck(cudaMemcpy(st.data(), which == 0 ? sel_st : att_st, st_blocks * 64, cudaMemcpyDeviceToHost), "st");
+              ck(cudaMemcpy(mk.data(), marks, 16, cudaMemcpyDeviceToHost), "marks");
+              print_stamps(which == 0 ? "select" : "attend", st, mk[0], mk[1], which == 0 ? 8 : 7);
+            }
+          }
+        }
         std::snprintf(line, sizeof line,
                       "%-14s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f",
                       s.name, (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs, sd,

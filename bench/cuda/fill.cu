@@ -1,4 +1,5 @@
 // Device-side random fill for the benchmark (host generation of tens of GB would dominate the run).
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -32,9 +33,68 @@ __global__ void read_kernel(const uint4* p, size_t n, unsigned* sink) {
   if (acc == 0x9e3779b9u) *sink = acc;  // practically never: keeps the loads
 }
 __global__ void empty_kernel() {}
+// Probes of the launch floor: a kernel parameter the size of the backend's batch descriptor (64 sequences),
+// clusters, cluster barriers.
+struct BigParam {
+  unsigned char bytes[5640];
+};
+__global__ void empty_big_kernel(const __grid_constant__ BigParam p) {
+  if (p.bytes[threadIdx.x] == 0x7f && threadIdx.x == 1000) asm volatile("trap;");
+}
+__global__ void cluster_kernel(const __grid_constant__ BigParam p, int syncs) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  if (p.bytes[threadIdx.x] == 0x7f && threadIdx.x == 1000) asm volatile("trap;");
+  for (int i = 0; i < syncs; ++i) cluster.sync();
+}
+__global__ void stamp_kernel(unsigned long long* out) {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  *out = t;
+}
 }  // namespace
 
 void bench_empty_kernel() { empty_kernel<<<1, 32>>>(); }
+void bench_empty_big_param() {
+  static BigParam p{};
+  empty_big_kernel<<<1, 32>>>(p);
+}
+void bench_cluster_kernel(int blocks, int cluster, int syncs, int smem) {
+  static BigParam p{};
+  static bool attr = false;
+  if (!attr) {
+    cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+    attr = true;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(blocks));
+  cfg.blockDim = dim3(256);
+  cfg.dynamicSmemBytes = size_t(smem);
+  cudaLaunchAttribute a[1];
+  a[0].id = cudaLaunchAttributeClusterDimension;
+  a[0].val.clusterDim.x = unsigned(cluster), a[0].val.clusterDim.y = 1, a[0].val.clusterDim.z = 1;
+  cfg.attrs = a;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, cluster_kernel, p, syncs);
+}
+int bench_max_clusters(int cluster, int smem) {
+  cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(cluster * 64));
+  cfg.blockDim = dim3(256);
+  cfg.dynamicSmemBytes = size_t(smem);
+  cudaLaunchAttribute a[1];
+  a[0].id = cudaLaunchAttributeClusterDimension;
+  a[0].val.clusterDim.x = unsigned(cluster), a[0].val.clusterDim.y = 1, a[0].val.clusterDim.z = 1;
+  cfg.attrs = a;
+  cfg.numAttrs = 1;
+  int n = -1;
+  if (cudaOccupancyMaxActiveClusters(&n, cluster_kernel, &cfg) != cudaSuccess) (void)cudaGetLastError();
+  return n;
+}
+void bench_stamp(unsigned long long* out) { stamp_kernel<<<1, 1>>>(out); }
 
 void bench_flush_read(const void* p, size_t bytes, unsigned* sink) {
   read_kernel<<<1056, 512>>>(static_cast<const uint4*>(p), bytes / 16, sink);

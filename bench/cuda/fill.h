@@ -7,3 +7,10 @@ void bench_fill_f32(float* p, size_t n, uint32_t seed);
 void bench_flush_read(const void* p, size_t bytes, unsigned* sink);
 // An empty launch (the timer's floor: launch + event overhead after a flush).
 void bench_empty_kernel();
+// Launch-floor probes: an empty kernel with a 5.6 KB parameter (the backend's batch descriptor size); `blocks`
+// blocks in clusters of `cluster` with that parameter doing `syncs` cluster barriers; the most co-resident clusters
+// of that kernel; a 1-thread kernel writing %globaltimer to `out`.
+void bench_empty_big_param();
+void bench_cluster_kernel(int blocks, int cluster, int syncs, int smem);
+int bench_max_clusters(int cluster, int smem);
+void bench_stamp(unsigned long long* out);

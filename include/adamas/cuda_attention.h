@@ -115,4 +115,13 @@ void attend_dense(const BatchInputs& in, float scale, Workspace& ws, float* out,
 void decode_attention(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float* out,
                       cudaStream_t stream);
 
+// Profiling hook. In builds with ADAMAS_CUDA_STAMPS (CMake option of the same name) the fused select kernel and
+// the attend kernel write, per block, 8 %globaltimer stamps (ns) at phase boundaries into [block][8] of the given
+// device buffers (null: off; block = x + gridDim.x * (y + gridDim.y * z); unreached slots keep their contents).
+// Returns false (and does nothing) in builds without stamps. Slots: select 0 entry, 1 query codes made, 2 distances
+// done, 3 after cluster barrier 1, 4 after barrier 2 (histogram slices), 5 cut-off found, 6 after barrier 3
+// (counts), 7 end; attend 0 entry, 1 indices staged, 2 first tile landed, 3 tiles done, 4 partial/output written,
+// 5 arrival counted, 6 merge done (last block only).
+bool set_phase_stamps(unsigned long long* select_buf, unsigned long long* attend_buf);
+
 }  // namespace adamas::cuda

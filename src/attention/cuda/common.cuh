@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <sstream>
+#include <string>
 #include <type_traits>
 
 #include "adamas/cuda_attention.h"
@@ -48,6 +49,31 @@ struct Thr {
 static_assert(sizeof(Thresholds) == sizeof(Thr), "Thresholds must be three packed floats");
 
 inline void launch_check(const char* what) { check_cuda(cudaGetLastError(), what); }
+
+// ---- phase stamps (profiling; compiled in with -DADAMAS_CUDA_STAMPS, see set_phase_stamps) ----------------------
+// Thread 0 of a block writes %globaltimer (ns) into slot k of the block's 8 slots of `buf` (null: nothing).
+constexpr int kStampSlots = 8;
+__device__ __forceinline__ unsigned long long global_timer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#ifdef ADAMAS_CUDA_STAMPS
+#define ADAMAS_STAMP(buf, k)                                                                                       \
+  do {                                                                                                             \
+    if ((buf) != nullptr && threadIdx.x == 0)                                                                      \
+      (buf)[(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) * ::adamas::cuda::detail::kStampSlots + \
+            (k)] = ::adamas::cuda::detail::global_timer();                                                         \
+  } while (0)
+#else
+#define ADAMAS_STAMP(buf, k) \
+  do {                       \
+  } while (0)
+#endif
+// Host: the buffers set by set_phase_stamps (null when unset).
+unsigned long long* stamp_buffer(int which);  // 0 select, 1 attend
+bool launch_verbose();                        // ADAMAS_CUDA_VERBOSE set: launches print their configuration
+void verbose_print(const std::string& line);  // to stderr, unless one of the last 4 lines printed was the same
 
 // ---- dtype helpers ------------------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
 // Host side of the CUDA backend: device queries, error checks, the workspace, batch descriptors.
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "attention/cuda/launch.h"
@@ -44,7 +46,37 @@ Workspace::~Workspace() {
     if (p) cudaFree(p);
 }
 
+namespace {
+unsigned long long* g_stamps[2] = {nullptr, nullptr};
+}
+
+bool set_phase_stamps(unsigned long long* select_buf, unsigned long long* attend_buf) {
+#ifdef ADAMAS_CUDA_STAMPS
+  g_stamps[0] = select_buf, g_stamps[1] = attend_buf;
+  return true;
+#else
+  (void)select_buf, (void)attend_buf;
+  return false;
+#endif
+}
+
 namespace detail {
+
+unsigned long long* stamp_buffer(int which) { return g_stamps[which]; }
+
+bool launch_verbose() {
+  static const bool v = std::getenv("ADAMAS_CUDA_VERBOSE") != nullptr;
+  return v;
+}
+
+void verbose_print(const std::string& line) {
+  static std::string last[4];
+  for (const auto& l : last)
+    if (l == line) return;
+  static int next = 0;
+  last[next++ % 4] = line;
+  std::fputs(line.c_str(), stderr);
+}
 
 void ensure(void** ptr, size_t* have, size_t bytes, bool zero) {
   if (bytes <= *have && *ptr) return;

@@ -6,9 +6,13 @@
 //     of the row give each kept token its output slot: indices come out in increasing order, no sort.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include <cooperative_groups.h>
 
@@ -348,6 +352,8 @@ __global__ void __launch_bounds__(kThreads) compact_kernel(const __grid_constant
   if (tile == 0 && threadIdx.x == 0) p.counts[row] = int32_t(p.budget);
 }
 
+constexpr size_t kFusedSmemMax = 160 * 1024;  // the fused kernel's shared memory at most (else v1)
+
 // ---- v2: fused estimate + cut-off + compaction, one launch, one cluster per (sequence, KV head) --------------
 // A cluster of C blocks covers one (sequence, KV head): block `rank` takes tokens [rank * T, rank * T + T).
 // Distances stay in the block's shared memory; the per-block histograms are reduced across the cluster through
@@ -369,6 +375,7 @@ struct FusedParams {
   int32_t* idx;  // [batch][units][cap]
   int64_t cap;
   int32_t* counts;  // [batch][units]
+  unsigned long long* stamps;  // phase stamps (profiling builds), or null
 };
 
 __device__ __forceinline__ uint32_t block_sum(uint32_t v, uint32_t* warp_sums) {
@@ -403,6 +410,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
   const int len = int(t_end - t_begin);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // first output row of this block
+  ADAMAS_STAMP(p.stamps, 0);
 
   if (n <= p.budget) {  // keep everything (the whole cluster takes this branch: no cluster barriers)
     for (int r = 0; r < R; ++r) {
@@ -452,6 +460,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(qw_s + warp * W));
   }
   __syncthreads();
+  ADAMAS_STAMP(p.stamps, 1);
   uint32_t qw[G][4], qp[G][4];
 #pragma unroll
   for (int g = 0; g < G; ++g)
@@ -501,7 +510,9 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
       }
     }
   }
+  ADAMAS_STAMP(p.stamps, 2);
   cluster.sync();  // every block's histogram is complete
+  ADAMAS_STAMP(p.stamps, 3);
 
   // Reduce-scatter: this rank sums bins [rank * S, rank * S + S) of every row over the cluster.
   const int S = p.slice_bins;
@@ -521,6 +532,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     if (lane == 0) ssum[warp] = v;
   }
   cluster.sync();  // slices and their sums are ready
+  ADAMAS_STAMP(p.stamps, 4);
 
   // Cut-off of each row (warp r): the first bin whose inclusive count over the middle reaches `need`.
   const int64_t need = int64_t(p.budget) - s0 - (n - tail);  // >= 0, < the middle's size
@@ -557,6 +569,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     }
   }
   __syncthreads();
+  ADAMAS_STAMP(p.stamps, 5);
 
   // This block's kept (forced or below the cut) and tie counts per row.
   for (int r = 0; r < R; ++r) {
@@ -573,6 +586,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     if (tid == 0) cnt[r][0] = ae & 0xffffu, cnt[r][1] = ae >> 16;
   }
   cluster.sync();  // counts are ready
+  ADAMAS_STAMP(p.stamps, 6);
   if (warp < R) {
     uint32_t a = 0, e = 0;
     if (lane < rank) a = cluster.map_shared_rank(&cnt[warp][0], lane)[0], e = cluster.map_shared_rank(&cnt[warp][0], lane)[1];
@@ -628,6 +642,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     if (rank == 0 && tid == 0) p.counts[row0 + r] = int32_t(p.budget);
   }
   cluster.barrier_wait();
+  ADAMAS_STAMP(p.stamps, 7);
 }
 
 // ---- standalone distances (tests, studies) -----------------------------------------------------------------------
@@ -660,43 +675,81 @@ void launch_estimate(const SelectParams& p, dim3 grid, size_t smem, cudaStream_t
   launch_check("estimate kernel launch");
 }
 
-// Launches the fused kernel with clusters of C blocks; false when a cluster of that size cannot be resident.
+// Shared-memory and cluster-size attributes of one instantiation (set once, to the largest values used).
 template <int D, int G, bool SH>
-bool launch_fused_t(const FusedParams& p, int C, size_t smem, dim3 grid, cudaStream_t stream) {
-  static std::atomic<size_t> smem_set{0};
-  static std::atomic<bool> nonportable_set{false};
-  static std::atomic<size_t> c16_ok_upto{0};
-  auto* k = fused_select_kernel<D, G, SH>;
-  if (smem > smem_set.load()) {
-    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+void prepare_fused_t() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    auto* k = fused_select_kernel<D, G, SH>;
+    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFusedSmemMax)),
                "fused select smem attribute");
-    smem_set = smem;
-  }
-  if (C > 8 && !nonportable_set.load()) {
     check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
                "fused select cluster attribute");
-    nonportable_set = true;
-  }
+  });
+}
+
+cudaLaunchConfig_t fused_config(dim3 grid, int C, size_t smem, cudaStream_t stream, cudaLaunchAttribute* attr) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = unsigned(C), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  if (C > 8 && smem > c16_ok_upto.load()) {
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, k, &cfg) != cudaSuccess || clusters < 1) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    c16_ok_upto = smem;
+  return cfg;
+}
+
+// Most clusters of C blocks (smem bytes each) resident at once, 0 when none fits; cached per (C, smem).
+// v3: the cluster size is chosen so that every cluster of the launch is resident (v2's 32 clusters of 8 on an H100
+// got 30 slots: the last 2 ran as a second wave, doubling select's time).
+template <int D, int G, bool SH>
+int max_clusters_t(int C, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<int, size_t>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(C, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  prepare_fused_t<D, G, SH>();
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t cfg = fused_config(dim3(unsigned(C)), C, smem, nullptr, attr);
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, fused_select_kernel<D, G, SH>, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    clusters = 0;
   }
-  check_cuda(cudaLaunchKernelEx(&cfg, k, p), "fused select launch");
+  cache[key] = clusters;
+  return clusters;
+}
+
+// Launches the fused kernel with clusters of C blocks; false when a cluster of that size cannot be resident.
+template <int D, int G, bool SH>
+bool launch_fused_t(const FusedParams& p, int C, size_t smem, dim3 grid, cudaStream_t stream) {
+  const int clusters = max_clusters_t<D, G, SH>(C, smem);
+  if (clusters < 1) return false;
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t cfg = fused_config(grid, C, smem, stream, attr);
+  if (launch_verbose()) {
+    char line[256];
+    std::snprintf(line, sizeof line, "[adamas] fused select D=%d G=%d shared=%d: grid %ux%ux%u, cluster %d, smem "
+                  "%zu B, max active clusters %d (%d blocks)\n", D, G, int(SH), grid.x, grid.y, grid.z, C, smem,
+                  clusters, clusters * C);
+    verbose_print(line);
+  }
+  check_cuda(cudaLaunchKernelEx(&cfg, fused_select_kernel<D, G, SH>, p), "fused select launch");
   return true;
+}
+
+template <int D>
+int max_clusters_d(int G, bool shared, int C, size_t smem) {
+  switch (G) {
+    case 1: return max_clusters_t<D, 1, false>(C, smem);
+    case 2: return shared ? max_clusters_t<D, 2, true>(C, smem) : max_clusters_t<D, 2, false>(C, smem);
+    case 4: return shared ? max_clusters_t<D, 4, true>(C, smem) : max_clusters_t<D, 4, false>(C, smem);
+    case 8: return shared ? max_clusters_t<D, 8, true>(C, smem) : max_clusters_t<D, 8, false>(C, smem);
+  }
+  return 0;
 }
 
 template <int D>
@@ -725,8 +778,6 @@ SelectPath select_path() {
   return sp;
 }
 
-constexpr size_t kFusedSmemMax = 160 * 1024;
-
 size_t fused_smem(int D, int G, int R, int bins, int C, int64_t n_max, int64_t* tmax, int* slice_bins) {
   *tmax = ((n_max + C - 1) / C + 7) / 8 * 8;
   *slice_bins = (bins + C - 1) / C;
@@ -748,19 +799,35 @@ bool try_fused(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads,
     n_max = std::max(n_max, s.n);
     vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
   }
-  int C = 1;
-  if (sp.force_c > 0) {
-    C = sp.force_c;
-  } else {
-    while (C < 16 && int64_t(bd.batch) * kvh * C < sms) C *= 2;
-  }
   int64_t tmax = 0;
   int slice_bins = 0;
   auto fits = [&](int c) {
     const size_t smem = fused_smem(D, G, R, bins, c, n_max, &tmax, &slice_bins);
     return smem <= kFusedSmemMax && tmax <= 32768;
   };
-  while (sp.force_c == 0 && C < 16 && !fits(C)) C *= 2;
+  const int64_t clusters = int64_t(bd.batch) * kvh;
+  int C = 0;
+  if (sp.force_c > 0) {
+    C = sp.force_c;
+  } else {
+    // v3: the largest cluster (<= 16 blocks, <= 2 blocks per SM in all) whose clusters are all resident at once.
+    for (int c = 16; c >= 1 && C == 0; --c) {
+      if (!fits(c) || clusters * c > 2 * int64_t(sms)) continue;
+      const size_t smem = fused_smem(D, G, R, bins, c, n_max, &tmax, &slice_bins);
+      int fit = 0;
+      switch (D) {
+        case 64: fit = max_clusters_d<64>(G, shared, c, smem); break;
+        case 128: fit = max_clusters_d<128>(G, shared, c, smem); break;
+        case 256: fit = max_clusters_d<256>(G, shared, c, smem); break;
+      }
+      if (fit >= clusters) C = c;
+    }
+    if (C == 0) {  // large batches: several waves whatever the size; v2's rule
+      C = 1;
+      while (C < 16 && clusters * C < sms) C *= 2;
+      while (C < 16 && !fits(C)) C *= 2;
+    }
+  }
   for (;;) {
     if (!fits(C)) return false;
     FusedParams p{};
@@ -773,6 +840,7 @@ bool try_fused(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads,
     p.budget = int(config.budget), p.sink = int(config.sink), p.window = int(config.window);
     p.bins = bins, p.slice_bins = slice_bins, p.tmax = int(tmax), p.vec_codes = vec;
     p.idx = idx, p.cap = cap, p.counts = counts;
+    p.stamps = stamp_buffer(0);
     const size_t smem = fused_smem(D, G, R, bins, C, n_max, &tmax, &slice_bins);
     const dim3 grid(unsigned(C), unsigned(kvh), unsigned(bd.batch));
     bool ok = false;
