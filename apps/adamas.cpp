@@ -9,6 +9,12 @@
 
 namespace adamas::app {
 
+bool parse_thresholds_mode(const std::string& mode) {
+  if (mode == "fixed") return false;
+  if (mode == "calibrated") return true;
+  fail(ErrorKind::invalid_argument, "unknown thresholds mode '{}' (expected fixed or calibrated)", mode);
+}
+
 DType parse_dtype(const std::string& name) {
   for (DType d : {DType::f32, DType::f16, DType::bf16})
     if (name == dtype_name(d)) return d;
@@ -61,6 +67,9 @@ int main(int argc, char** argv) {
   run->add_option("--top-p", ra.top_p, "top-p (nucleus) filter (1: off)")->capture_default_str();
   run->add_option("--seed", ra.seed, "sampling seed")->capture_default_str();
   run->add_flag("--chat", ra.chat, "wrap the prompt in the model's chat template as a user message");
+  run->add_option("--thresholds", ra.thresholds,
+                  "Adamas code thresholds: fixed (-10, 0, 10) or calibrated per layer and head at prefill")
+      ->capture_default_str();
   run->add_option("-c,--ctx-size", ra.context, "context (KV cache) size in tokens (0: the model's)")
       ->capture_default_str();
   run->add_option("-t,--threads", ra.threads, "threads (0: all cores)")->capture_default_str();

@@ -45,6 +45,9 @@ struct PasskeyDemoArgs {
 };
 int demo_passkey(const PasskeyDemoArgs& args);
 
+// "fixed" -> false, "calibrated" -> true; anything else is an error naming the value.
+bool parse_thresholds_mode(const std::string& mode);
+
 // `adamas run`: generate text from a prompt with a GGUF model (apps/run.cpp).
 struct RunArgs {
   std::string model;  // empty: the default model
@@ -58,6 +61,7 @@ struct RunArgs {
   float top_p = 0.95f;
   uint64_t seed = 0;
   bool chat = false;
+  std::string thresholds = "fixed";  // fixed | calibrated
   int64_t context = 0;  // 0: the model's trained context
   int threads = 0;      // 0: all cores
 };

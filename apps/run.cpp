@@ -55,6 +55,7 @@ int run_model(const RunArgs& a) {
   eo.attention.budget = a.budget;
   eo.dense_layers = a.dense_layers;
   eo.context = a.context;
+  eo.calibrate_thresholds = parse_thresholds_mode(a.thresholds);
   validate_config(eo.attention);
   ADAMAS_CHECK_ARG(a.dense_layers >= 0, "--dense-layers {} (expected >= 0)", a.dense_layers);
   GenerateOptions go;

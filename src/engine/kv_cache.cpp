@@ -56,7 +56,7 @@ QuestPagesView KvCache::pages(int64_t layer) const {
 }
 
 void KvCache::write(int64_t layer, const float* k, const float* v, int64_t n, int64_t stride,
-                    const Thresholds& thresholds) {
+                    std::span<const Thresholds> thresholds) {
   ADAMAS_CHECK(0 <= layer && layer < opt_.layers, ErrorKind::invalid_argument, "KV cache: layer {} not in [0, {})",
                layer, opt_.layers);
   ADAMAS_CHECK(n >= 0 && size_ + n <= opt_.capacity, ErrorKind::invalid_argument,
@@ -84,7 +84,7 @@ void KvCache::write(int64_t layer, const float* k, const float* v, int64_t n, in
   if (!codes_.empty()) {
     const CodesView c = codes(layer, end);
     const MutCodesView mc{const_cast<uint8_t*>(c.data), c.heads, c.tokens, c.dim, c.head_stride, c.token_stride};
-    encode_keys(kv, size_, end, std::span<const Thresholds>(&thresholds, 1), mc);
+    encode_keys(kv, size_, end, thresholds, mc);
   }
   if (!page_min_.empty()) quest_update_pages(kv, size_, end, pages(layer));
 }

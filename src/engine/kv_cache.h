@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "adamas/attention.h"
@@ -32,7 +33,9 @@ class KvCache {
   // Writes n tokens of one layer at positions [size(), size() + n): k and v are [n][kv_heads * head_dim] f32 rows
   // at the given stride (floats). Then encodes their key codes and folds them into the Quest pages, when present.
   // Error(invalid_argument) when they do not fit.
-  void write(int64_t layer, const float* k, const float* v, int64_t n, int64_t stride, const Thresholds& thresholds);
+  // `thresholds`: one entry for every head, or one per KV head.
+  void write(int64_t layer, const float* k, const float* v, int64_t n, int64_t stride,
+             std::span<const Thresholds> thresholds);
   // After every layer has been written: the n tokens become part of the cache.
   void commit(int64_t n);
   void clear() { size_ = 0; }

@@ -46,6 +46,24 @@ Session::Session(const LlamaModel& model, const EngineOptions& options)
 void Session::reset() {
   cache_.clear();
   timings_ = {};
+  key_thresholds_.clear();
+  query_thresholds_.clear();
+}
+
+void Session::calibrate(int64_t layer, const float* q, const float* k, int64_t n) {
+  const ModelConfig& c = model_.config();
+  if (key_thresholds_.empty()) {
+    key_thresholds_.resize(size_t(c.n_layers));
+    query_thresholds_.resize(size_t(c.n_layers));
+  }
+  auto per_head = [&](const float* rows, int64_t heads, int64_t stride) {
+    const HeadsView view{rows, DType::f32, heads, n, c.head_dim, c.head_dim, stride};
+    std::vector<Thresholds> t(static_cast<size_t>(heads));
+    for (int64_t h = 0; h < heads; ++h) t[size_t(h)] = calibrate_head(view, h, 0, n);
+    return t;
+  };
+  key_thresholds_[size_t(layer)] = per_head(k, c.n_kv_heads, c.kv_dim());
+  query_thresholds_[size_t(layer)] = per_head(q, c.n_heads, c.q_dim());
 }
 
 void Session::reserve(int64_t n) {
@@ -111,7 +129,13 @@ void Session::forward(const int32_t* tokens, int64_t n, bool decode) {
       apply_rope(q + t * qd, c.n_heads, hd, p0 + t, inv_freq);
       apply_rope(k + t * kvd, c.n_kv_heads, hd, p0 + t, inv_freq);
     }
-    cache_.write(l, k, v, n, kvd, opt_.attention.thresholds);
+    // Calibrated thresholds come from the first tokens of the sequence, before any code is written.
+    const bool calibrating = opt_.calibrate_thresholds && p0 == 0;
+    if (calibrating) calibrate(l, q, k, n);
+    const std::span<const Thresholds> key_th =
+        opt_.calibrate_thresholds ? std::span<const Thresholds>(key_thresholds_[size_t(l)])
+                                  : std::span<const Thresholds>(&opt_.attention.thresholds, 1);
+    cache_.write(l, k, v, n, kvd, key_th);
     const HeadsView kv = cache_.keys(l, end), vv = cache_.values(l, end);
     if (!decode) {
       attend_dense_causal(q, n, c.n_heads, qd, kv, vv, scale, att, qd);
@@ -123,6 +147,7 @@ void Session::forward(const int32_t* tokens, int64_t n, bool decode) {
       in.v = vv;
       in.codes = cache_.codes(l, end);
       in.pages = cache_.pages(l);
+      if (opt_.calibrate_thresholds) in.query_thresholds = query_thresholds_[size_t(l)];
       AttentionConfig ac = opt_.attention;
       if (l < opt_.dense_layers) ac.method = Method::full;
       decode_attention(in, ac, workspace_, att, &timings_);

@@ -23,6 +23,10 @@ struct EngineOptions {
   int64_t dense_layers = 2;     // the first layers decode with full attention (the paper keeps 2)
   int64_t prefill_chunk = 256;  // tokens per prefill pass (bounds the activation memory)
   DType kv_dtype = DType::f16;  // K/V storage
+  // Adamas thresholds: false = attention.thresholds for every layer and head (the paper's fixed (-10, 0, 10));
+  // true = calibrated per (layer, KV head) from the quartiles of the rotated keys of the sequence's first prefill
+  // chunk, and per (layer, query head) from its queries. Codes already cached never change thresholds.
+  bool calibrate_thresholds = false;
 };
 // Throws Error(invalid_argument) on options no session could run with (budget <= 0, context < 0, ...).
 void validate_engine_options(const EngineOptions& options, const ModelConfig& config);
@@ -56,8 +60,12 @@ class Session {
   void forward(const int32_t* tokens, int64_t n, bool decode);
   void reserve(int64_t n);
 
+  // The thresholds of layer l: keys per KV head, queries per query head (empty until calibrated, or when fixed).
+  void calibrate(int64_t layer, const float* q, const float* k, int64_t n);
+
   const LlamaModel& model_;
   EngineOptions opt_;
+  std::vector<std::vector<Thresholds>> key_thresholds_, query_thresholds_;
   KvCache cache_;
   DecodeWorkspace workspace_;
   DecodeTimings timings_;
