@@ -1,5 +1,7 @@
 #include "model/hf_model.h"
 
+#include "model/gguf_writer.h"
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -18,28 +20,6 @@ constexpr uint64_t kAlign = 32;
 
 using Sink = std::function<void(const void*, size_t)>;
 
-class KvWriter {
- public:
-  std::vector<uint8_t> bytes;
-  uint64_t n = 0;
-  template <class T>
-  void raw(T v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    bytes.insert(bytes.end(), p, p + sizeof(T));
-  }
-  void str(std::string_view s) {
-    raw<uint64_t>(s.size());
-    bytes.insert(bytes.end(), s.begin(), s.end());
-  }
-  void key(std::string_view k, GgufType t) {
-    ++n;
-    str(k);
-    raw(uint32_t(t));
-  }
-  void kv_str(std::string_view k, std::string_view v) { key(k, GgufType::string), str(v); }
-  void kv_u32(std::string_view k, uint32_t v) { key(k, GgufType::u32), raw(v); }
-  void kv_f32(std::string_view k, float v) { key(k, GgufType::f32), raw(v); }
-};
 
 enum class Op { copy, to_f32, permute_rows, permute_f32, owned_f32 };
 
@@ -118,7 +98,7 @@ Plan make_plan(const std::string& dir) {
   }
 
   // Metadata.
-  KvWriter w;
+  GgufMetaWriter w;
   w.kv_str("general.architecture", arch);
   w.kv_str("general.name", fs::path(dir).lexically_normal().filename().string());
   w.kv_u32("general.alignment", uint32_t(kAlign));
@@ -141,7 +121,7 @@ Plan make_plan(const std::string& dir) {
     w.kv_str(a("rope.scaling.type"), "linear");
     w.kv_f32(a("rope.scaling.factor"), float(cfg.rope_scaling.factor));
   }
-  uint64_t n_kv = w.n;
+  uint64_t n_kv = w.n_kv;
   std::vector<uint8_t> tok_kv;
   std::error_code ec;
   if (fs::is_regular_file(fs::path(dir) / "tokenizer.json", ec)) {
@@ -150,7 +130,7 @@ Plan make_plan(const std::string& dir) {
     n_kv += n_tok;
   }
 
-  KvWriter h;
+  GgufMetaWriter h;
   h.raw(uint32_t(0x46554747));
   h.raw(uint32_t(3));
   h.raw(uint64_t(p.tensors.size()));

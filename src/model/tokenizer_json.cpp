@@ -1,5 +1,7 @@
 #include "model/tokenizer_json.h"
 
+#include "model/gguf_writer.h"
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -154,71 +156,6 @@ std::optional<bool> template_adds_bos(const json& pp, std::string_view bos) {
   return false;
 }
 
-// A minimal GGUF v3 writer (metadata only).
-class MetaWriter {
- public:
-  std::vector<uint8_t> bytes;
-  uint64_t n_kv = 0;
-
-  template <class T>
-  void raw(T v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    bytes.insert(bytes.end(), p, p + sizeof(T));
-  }
-  void str(std::string_view s) {
-    raw<uint64_t>(s.size());
-    bytes.insert(bytes.end(), s.begin(), s.end());
-  }
-  void key(std::string_view k, GgufType t) {
-    ++n_kv;
-    str(k);
-    raw(uint32_t(t));
-  }
-  void kv_str(std::string_view k, std::string_view v) {
-    key(k, GgufType::string);
-    str(v);
-  }
-  void kv_u32(std::string_view k, uint32_t v) {
-    key(k, GgufType::u32);
-    raw(v);
-  }
-  void kv_bool(std::string_view k, bool v) {
-    key(k, GgufType::boolean);
-    raw<uint8_t>(v ? 1 : 0);
-  }
-  void kv_strings(std::string_view k, const std::vector<std::string>& v) {
-    key(k, GgufType::array);
-    raw(uint32_t(GgufType::string));
-    raw<uint64_t>(v.size());
-    for (const auto& s : v) str(s);
-  }
-  void kv_i32s(std::string_view k, const std::vector<int32_t>& v) {
-    key(k, GgufType::array);
-    raw(uint32_t(GgufType::i32));
-    raw<uint64_t>(v.size());
-    for (int32_t x : v) raw(x);
-  }
-  void kv_f32s(std::string_view k, const std::vector<float>& v) {
-    key(k, GgufType::array);
-    raw(uint32_t(GgufType::f32));
-    raw<uint64_t>(v.size());
-    for (float x : v) raw(x);
-  }
-  std::vector<uint8_t> finish() {
-    std::vector<uint8_t> out;
-    auto put = [&](auto v) {
-      const auto* p = reinterpret_cast<const uint8_t*>(&v);
-      out.insert(out.end(), p, p + sizeof(v));
-    };
-    put(uint32_t(0x46554747));
-    put(uint32_t(3));
-    put(uint64_t(0));
-    put(n_kv);
-    out.insert(out.end(), bytes.begin(), bytes.end());
-    while (out.size() % 32 != 0) out.push_back(0);
-    return out;
-  }
-};
 
 }  // namespace
 
@@ -402,8 +339,8 @@ TokenizerSpec tokenizer_spec_from_json(std::string_view text, std::string_view s
 }
 
 namespace {
-MetaWriter write_spec(const TokenizerSpec& s) {
-  MetaWriter w;
+GgufMetaWriter write_spec(const TokenizerSpec& s) {
+  GgufMetaWriter w;
   w.kv_str("tokenizer.ggml.model", s.model);
   if (!s.pre.empty()) w.kv_str("tokenizer.ggml.pre", s.pre);
   w.kv_strings("tokenizer.ggml.tokens", s.tokens);
@@ -422,7 +359,7 @@ MetaWriter write_spec(const TokenizerSpec& s) {
 std::vector<uint8_t> tokenizer_spec_to_gguf(const TokenizerSpec& s) { return write_spec(s).finish(); }
 
 std::vector<uint8_t> tokenizer_spec_gguf_kv(const TokenizerSpec& s, uint64_t* n_kv) {
-  MetaWriter w = write_spec(s);
+  GgufMetaWriter w = write_spec(s);
   *n_kv = w.n_kv;
   return std::move(w.bytes);
 }
