@@ -1,10 +1,5 @@
 #include "model/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -165,8 +160,8 @@ class GgufParser {
   explicit GgufParser(GgufFile& f) : f_(f) {}
 
   void run() {
-    ADAMAS_CHECK(f_.size_ >= 4, ErrorKind::format, "{}: not a GGUF file: {} bytes, too short for the magic",
-                 f_.source_, f_.size_);
+    ADAMAS_CHECK(f_.bytes_.size() >= 4, ErrorKind::format, "{}: not a GGUF file: {} bytes, too short for the magic",
+                 f_.source_, f_.bytes_.size());
     const uint32_t magic = u32("magic");
     ADAMAS_CHECK(magic == kMagic, ErrorKind::format, "{}: not a GGUF file: bad magic 0x{:08x} (expected \"GGUF\")",
                  f_.source_, magic);
@@ -177,9 +172,9 @@ class GgufParser {
     const uint64_t n_kv = u64("metadata count");
     // Each kv takes at least 8 + 4 + 1 bytes, each tensor info at least 8 + 1 + 4 + 8 + 4 + 8.
     ADAMAS_CHECK(n_kv <= remaining() / 13, ErrorKind::format,
-                 "{}: metadata count {} is impossible for a file of {} bytes", f_.source_, n_kv, f_.size_);
+                 "{}: metadata count {} is impossible for a file of {} bytes", f_.source_, n_kv, f_.bytes_.size());
     ADAMAS_CHECK(n_tensors <= remaining() / 33, ErrorKind::format,
-                 "{}: tensor count {} is impossible for a file of {} bytes", f_.source_, n_tensors, f_.size_);
+                 "{}: tensor count {} is impossible for a file of {} bytes", f_.source_, n_tensors, f_.bytes_.size());
 
     f_.kv_.reserve(n_kv);
     for (uint64_t i = 0; i < n_kv; ++i) {
@@ -209,7 +204,7 @@ class GgufParser {
 
     const uint64_t pad = (f_.alignment_ - pos_ % f_.alignment_) % f_.alignment_;
     f_.data_offset_ = pos_ + pad;  // no overflow: pos_ <= size_ and pad < 2^32
-    const uint64_t data_size = f_.size_ > f_.data_offset_ ? f_.size_ - f_.data_offset_ : 0;
+    const uint64_t data_size = f_.bytes_.size() > f_.data_offset_ ? f_.bytes_.size() - f_.data_offset_ : 0;
     for (GgufTensor& t : f_.tensors_) {
       ADAMAS_CHECK(t.offset % f_.alignment_ == 0, ErrorKind::format,
                    "{}: tensor '{}' data offset {} is not a multiple of the alignment {}", f_.source_, t.name,
@@ -217,12 +212,12 @@ class GgufParser {
       ADAMAS_CHECK(t.offset <= data_size && uint64_t(t.n_bytes) <= data_size - t.offset, ErrorKind::format,
                    "{}: tensor '{}' data [{}, +{}) lies outside the data section of {} bytes (file truncated?)",
                    f_.source_, t.name, t.offset, t.n_bytes, data_size);
-      t.data = f_.base_ + f_.data_offset_ + t.offset;
+      t.data = f_.bytes_.data() + f_.data_offset_ + t.offset;
     }
   }
 
  private:
-  uint64_t remaining() const { return f_.size_ - pos_; }
+  uint64_t remaining() const { return f_.bytes_.size() - pos_; }
 
   const uint8_t* take(uint64_t n, std::string_view what) {
     if (n > remaining()) {
@@ -232,7 +227,7 @@ class GgufParser {
       fail(ErrorKind::format, "{}: truncated: {} of '{}' needs {} bytes at offset {}, only {} left", f_.source_,
            what, context_, n, pos_, remaining());
     }
-    const uint8_t* p = f_.base_ + pos_;
+    const uint8_t* p = f_.bytes_.data() + pos_;
     pos_ += n;
     return p;
   }
@@ -333,24 +328,7 @@ class GgufParser {
 GgufFile GgufFile::open(const std::string& path) {
   GgufFile f;
   f.source_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  ADAMAS_CHECK(fd >= 0, ErrorKind::io, "cannot open model file {}: {}", path, std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(ErrorKind::io, "{} is not a regular file", path);
-  }
-  f.size_ = uint64_t(st.st_size);
-  if (f.size_ > 0) {
-    void* p = ::mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    ADAMAS_CHECK(p != MAP_FAILED, ErrorKind::io, "cannot map {}: {}", path, std::strerror(err));
-    f.mapping_ = p;
-    f.base_ = static_cast<const uint8_t*>(p);
-  } else {
-    ::close(fd);
-  }
+  f.bytes_ = FileBytes::map(path);
   f.parse();
   return f;
 }
@@ -358,46 +336,17 @@ GgufFile GgufFile::open(const std::string& path) {
 GgufFile GgufFile::from_bytes(std::span<const uint8_t> bytes, std::string source) {
   GgufFile f;
   f.source_ = std::move(source);
-  f.size_ = bytes.size();
-  f.owned_ = std::make_unique<uint8_t[]>(bytes.size() + 1);
-  if (!bytes.empty()) std::memcpy(f.owned_.get(), bytes.data(), bytes.size());
-  f.base_ = f.owned_.get();
+  f.bytes_ = FileBytes::copy(bytes);
   f.parse();
   return f;
 }
 
 void GgufFile::parse() { GgufParser(*this).run(); }
 
-GgufFile::GgufFile(GgufFile&& o) noexcept { *this = std::move(o); }
-
-GgufFile& GgufFile::operator=(GgufFile&& o) noexcept {
-  if (this != &o) {
-    release();
-    source_ = std::move(o.source_);
-    base_ = o.base_;
-    size_ = o.size_;
-    mapping_ = o.mapping_;
-    owned_ = std::move(o.owned_);
-    version_ = o.version_;
-    alignment_ = o.alignment_;
-    data_offset_ = o.data_offset_;
-    kv_ = std::move(o.kv_);
-    kv_index_ = std::move(o.kv_index_);
-    tensors_ = std::move(o.tensors_);
-    tensor_index_ = std::move(o.tensor_index_);
-    o.base_ = nullptr;
-    o.mapping_ = nullptr;
-    o.size_ = 0;
-  }
-  return *this;
-}
-
-GgufFile::~GgufFile() { release(); }
-
-void GgufFile::release() noexcept {
-  if (mapping_ != nullptr) ::munmap(mapping_, size_);
-  mapping_ = nullptr;
-}
+// Moves keep every pointer valid: the bytes do not move (FileBytes), nor do the vectors' heap buffers.
+GgufFile::GgufFile(GgufFile&&) noexcept = default;
+GgufFile& GgufFile::operator=(GgufFile&&) noexcept = default;
+GgufFile::~GgufFile() = default;
 
 bool GgufFile::has(std::string_view key) const { return kv_index_.contains(key); }
 

@@ -21,6 +21,7 @@
 #include "model/quant.h"
 
 #include "adamas/error.h"  // the functions here throw adamas::Error
+#include "core/file_bytes.h"
 
 namespace adamas {
 
@@ -96,7 +97,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // file offset of the tensor data section
-  uint64_t file_size() const { return size_; }
+  uint64_t file_size() const { return bytes_.size(); }
 
   // Metadata, in file order.
   const std::vector<std::pair<std::string_view, GgufValue>>& metadata() const { return kv_; }
@@ -129,13 +130,9 @@ class GgufFile {
   friend class GgufParser;
   GgufFile() = default;
   void parse();
-  void release() noexcept;
 
   std::string source_;
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
-  void* mapping_ = nullptr;          // mmap'ed region (munmap on destruction) or nullptr
-  std::unique_ptr<uint8_t[]> owned_;  // bytes given to from_bytes
+  FileBytes bytes_;  // the mapped file, or the copy of the bytes given to from_bytes
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;

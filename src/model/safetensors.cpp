@@ -1,10 +1,5 @@
 #include "model/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -112,30 +107,7 @@ std::vector<float> SafetensorsTensor::to_f32() const {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.source_ = std::make_unique<std::string>(path);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  ADAMAS_CHECK(fd >= 0, ErrorKind::io, "{}: cannot open: {}", path, std::strerror(errno));
-  struct stat st{};
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    fail(ErrorKind::io, "{}: cannot stat: {}", path, std::strerror(e));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(ErrorKind::io, "{}: not a regular file", path);
-  }
-  f.size_ = uint64_t(st.st_size);
-  if (f.size_ > 0) {
-    void* p = ::mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int e = errno;
-      ::close(fd);
-      fail(ErrorKind::io, "{}: cannot mmap {} bytes: {}", path, f.size_, std::strerror(e));
-    }
-    f.mapping_ = p;
-    f.base_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
+  f.bytes_ = FileBytes::map(path);
   f.parse();
   return f;
 }
@@ -143,61 +115,34 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
 SafetensorsFile SafetensorsFile::from_bytes(std::span<const uint8_t> bytes, std::string source) {
   SafetensorsFile f;
   f.source_ = std::make_unique<std::string>(std::move(source));
-  f.size_ = bytes.size();
-  f.owned_ = std::make_unique<uint8_t[]>(std::max<size_t>(bytes.size(), 1));
-  if (!bytes.empty()) std::memcpy(f.owned_.get(), bytes.data(), bytes.size());
-  f.base_ = f.owned_.get();
+  f.bytes_ = FileBytes::copy(bytes);
   f.parse();
   return f;
 }
 
-SafetensorsFile::SafetensorsFile(SafetensorsFile&& o) noexcept { *this = std::move(o); }
-
-SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
-  if (this != &o) {
-    release();
-    source_ = std::move(o.source_);
-    base_ = o.base_;
-    size_ = o.size_;
-    mapping_ = o.mapping_;
-    owned_ = std::move(o.owned_);
-    data_offset_ = o.data_offset_;
-    metadata_ = std::move(o.metadata_);
-    tensors_ = std::move(o.tensors_);
-    index_ = std::move(o.index_);
-    o.base_ = nullptr;
-    o.size_ = 0;
-    o.mapping_ = nullptr;
-  }
-  return *this;
-}
-
-SafetensorsFile::~SafetensorsFile() { release(); }
-
-void SafetensorsFile::release() noexcept {
-  if (mapping_ != nullptr) ::munmap(mapping_, size_);
-  mapping_ = nullptr;
-  base_ = nullptr;
-}
+// Moves keep every pointer valid: the bytes do not move (FileBytes), nor do the vectors' heap buffers.
+SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
+SafetensorsFile::~SafetensorsFile() = default;
 
 void SafetensorsFile::parse() {
   const std::string& src = *source_;
-  ADAMAS_CHECK(size_ >= 8, ErrorKind::format, "{}: not a safetensors file: {} bytes, too short for the header length",
-               src, size_);
+  ADAMAS_CHECK(bytes_.size() >= 8, ErrorKind::format, "{}: not a safetensors file: {} bytes, too short for the header length",
+               src, bytes_.size());
   uint64_t n = 0;
-  std::memcpy(&n, base_, 8);
+  std::memcpy(&n, bytes_.data(), 8);
   ADAMAS_CHECK(n <= kMaxHeaderBytes, ErrorKind::format,
                "{}: absurd safetensors header length {} (limit {} bytes; not a safetensors file?)", src, n,
                kMaxHeaderBytes);
-  ADAMAS_CHECK(n <= size_ - 8, ErrorKind::format,
-               "{}: truncated: header length {} exceeds the {} bytes after the length field", src, n, size_ - 8);
+  ADAMAS_CHECK(n <= bytes_.size() - 8, ErrorKind::format,
+               "{}: truncated: header length {} exceeds the {} bytes after the length field", src, n, bytes_.size() - 8);
   ADAMAS_CHECK(n >= 2, ErrorKind::format, "{}: header length {} is too short for a JSON object", src, n);
   data_offset_ = 8 + n;
-  const uint64_t data_size = size_ - data_offset_;
+  const uint64_t data_size = bytes_.size() - data_offset_;
 
   json header;
   try {
-    header = json::parse(reinterpret_cast<const char*>(base_ + 8), reinterpret_cast<const char*>(base_ + 8 + n));
+    header = json::parse(reinterpret_cast<const char*>(bytes_.data() + 8), reinterpret_cast<const char*>(bytes_.data() + 8 + n));
   } catch (const json::exception& e) {
     fail(ErrorKind::format, "{}: malformed safetensors header JSON: {}", src, e.what());
   }
@@ -272,7 +217,7 @@ void SafetensorsFile::parse() {
                  "{}: tensor '{}': data_offsets [{}, {}] span {} bytes but shape {} of {} needs {}", src, name, begin,
                  end, end - begin, sh->dump(), t.dtype, t.n_bytes);
     t.offset = uint64_t(begin);
-    t.data = base_ + data_offset_ + t.offset;
+    t.data = bytes_.data() + data_offset_ + t.offset;
     t.shape.assign(t.hf_shape.rbegin(), t.hf_shape.rend());
     if (t.shape.empty()) t.shape.push_back(1);
     t.source = src;

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/file_bytes.h"
 #include "model/quant.h"
 
 #include "adamas/error.h"  // the functions here throw adamas::Error
@@ -73,7 +74,7 @@ class SafetensorsFile {
   ~SafetensorsFile();
 
   const std::string& source() const { return *source_; }
-  uint64_t file_size() const { return size_; }
+  uint64_t file_size() const { return bytes_.size(); }
   uint64_t data_offset() const { return data_offset_; }  // 8 + header length
   const std::map<std::string, std::string>& metadata() const { return metadata_; }  // "__metadata__"
 
@@ -85,13 +86,9 @@ class SafetensorsFile {
  private:
   SafetensorsFile() = default;
   void parse();
-  void release() noexcept;
 
   std::unique_ptr<std::string> source_;  // stable address: tensors' `source` views it
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
-  void* mapping_ = nullptr;
-  std::unique_ptr<uint8_t[]> owned_;
+  FileBytes bytes_;  // the mapped file, or the copy of the bytes given to from_bytes
   uint64_t data_offset_ = 0;
   std::map<std::string, std::string> metadata_;
   std::vector<SafetensorsTensor> tensors_;
