@@ -18,11 +18,13 @@
 #include "model/gguf.h"
 #include "model/hf_config.h"
 #include "model_paths.h"
+#include "spm_vocab.h"
 
 namespace adamas {
 namespace {
 
 using json = nlohmann::json;
+using test::kU2581;
 
 const json kByteLevel = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
                          {"use_regex", true}};
@@ -220,26 +222,7 @@ TEST(tokenizer_json, rejections) {
 // SentencePiece-style (Llama 2) tokenizer.json vs the same vocabulary as GGUF scores.
 // ---------------------------------------------------------------------------------------------------------------
 
-constexpr const char* kU2581 = "\xE2\x96\x81";
-
-struct SpmVocab {
-  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
-  std::vector<int32_t> types = {2, 3, 3};
-  std::vector<float> scores = {0, 0, 0};
-  SpmVocab() {
-    char name[8];
-    for (int b = 0; b < 256; ++b) {
-      std::snprintf(name, sizeof name, "<0x%02X>", b);
-      add(name, 0, 6);
-    }
-    for (const char* c : {kU2581, "h", "e", "l", "o", "w", "r", "d"}) add(c, -20);
-    const std::string s = kU2581;
-    add("ll", -1), add("he", -3), add(s + "h", -5), add("llo", -2), add("hello", -4), add(s + "hello", -0.5f);
-    add(s + "w", -6), add("or", -7), add(s + "wor", -8), add("ld", -9), add(s + "world", -1.5f);
-  }
-  void add(const std::string& t, float score, int32_t type = 1) {
-    tokens.push_back(t), types.push_back(type), scores.push_back(score);
-  }
+struct SpmVocab : test::SpmVocabBase {
   std::vector<uint8_t> gguf() const {
     TokenizerSpec s;
     s.model = "llama";

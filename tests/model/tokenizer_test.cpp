@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 
+#include "spm_vocab.h"
 #include "gguf_writer.h"
 #include "model/tokenizer.h"
 #include "model/unicode.h"
@@ -187,25 +188,8 @@ TEST(tokenizer, unsupported_and_malformed_vocabularies) {
   expect_error(w.bytes, ErrorKind::format, "missing metadata key 'tokenizer.ggml.tokens'");
 }
 
-// A tiny SentencePiece (Llama-style) vocabulary: <unk>, <s>, </s>, 256 byte tokens, a few scored pieces.
-struct SpmVocab {
-  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
-  std::vector<int32_t> types = {2, 3, 3};
-  std::vector<float> scores = {0, 0, 0};
-  SpmVocab() {
-    char name[8];
-    for (int b = 0; b < 256; ++b) {
-      std::snprintf(name, sizeof name, "<0x%02X>", b);
-      add(name, 0, 6);
-    }
-    for (const char* c : {"\u2581", "h", "e", "l", "o", "w", "r", "d"}) add(c, -20);
-    add("ll", -1), add("he", -3), add("\u2581h", -5), add("llo", -2), add("hello", -4), add("\u2581hello", -0.5f);
-    add("\u2581w", -6), add("or", -7), add("\u2581wor", -8), add("ld", -9), add("\u2581world", -1.5f);
-  }
-  void add(const std::string& t, float score, int32_t type = 1) {
-    tokens.push_back(t), types.push_back(type), scores.push_back(score);
-  }
-  int32_t id(std::string_view t) const { return int32_t(std::find(tokens.begin(), tokens.end(), t) - tokens.begin()); }
+// The shared tiny SentencePiece vocabulary (spm_vocab.h), serialized as GGUF keys.
+struct SpmVocab : test::SpmVocabBase {
   std::vector<uint8_t> gguf() const {
     test::GgufWriter w;
     w.header(3, 0, 7).kv_str("tokenizer.ggml.model", "llama").kv_strings("tokenizer.ggml.tokens", tokens);
