@@ -76,6 +76,17 @@ __device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* w
 
 // ---- 1. estimate ---------------------------------------------------------------------------------------------
 
+// One warp encodes query head qh of sequence b: load, rotate, bucketize with its thresholds, store D / 4 code
+// bytes at dst. P is any kernel's parameter block with q, n_heads, hscale, qthr and cfg_thr.
+template <int D, class P>
+__device__ __forceinline__ void encode_query(const P& p, int b, int qh, uint32_t* dst) {
+  float x[D / 32];
+  load_lane<D, float>(p.q + (int64_t(b) * p.n_heads + qh) * D, x);
+  warp_hadamard<D>(x, p.hscale);
+  const Thr th = p.qthr ? p.qthr[qh] : p.cfg_thr;
+  warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(dst));
+}
+
 template <int D>
 __global__ void __launch_bounds__(kThreads) estimate_kernel(const __grid_constant__ SelectParams p) {
   constexpr int W = D / 16;  // 32-bit code words per vector
@@ -97,14 +108,7 @@ __global__ void __launch_bounds__(kThreads) estimate_kernel(const __grid_constan
   const int warp = threadIdx.x >> 5;
   for (int i = threadIdx.x; i < rows * p.bins; i += kThreads) hs[i] = 0;
   // Query codes of the group: warp g encodes query head kvh * G + g into qW (as bytes), then packs.
-  if (warp < G) {
-    const int qh = kvh * G + warp;
-    float x[D / 32];
-    load_lane<D, float>(p.q + (int64_t(b) * p.n_heads + qh) * D, x);
-    warp_hadamard<D>(x, p.hscale);
-    const Thr th = p.qthr ? p.qthr[qh] : p.cfg_thr;
-    warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(qW + warp * W));
-  }
+  if (warp < G) encode_query<D>(p, b, kvh * G + warp, qW + warp * W);
   __syncthreads();
   for (int i = threadIdx.x; i < G * W; i += kThreads) qP[i] = therm_pack(qW[i]);
   __syncthreads();
@@ -451,14 +455,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
   for (int u = 0; u < U; ++u) load(0, u, buf[u]);  // in flight while the query codes are made
 
   for (int i = tid; i < R * p.bins; i += kThreads) hist[i] = 0;
-  if (warp < G) {
-    const int qh = kvh * G + warp;
-    float x[D / 32];
-    load_lane<D, float>(p.q + (int64_t(b) * p.n_heads + qh) * D, x);
-    warp_hadamard<D>(x, p.hscale);
-    const Thr th = p.qthr ? p.qthr[qh] : p.cfg_thr;
-    warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(qw_s + warp * W));
-  }
+  if (warp < G) encode_query<D>(p, b, kvh * G + warp, qw_s + warp * W);
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
   uint32_t qw[G][4], qp[G][4];
