@@ -1,0 +1,336 @@
+#include "engine/cuda/gpu_session.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/check.h"
+
+namespace adamas::gpu {
+
+namespace {
+bool kernels_have_group(int64_t g) { return g == 1 || g == 2 || g == 4 || g == 8; }
+constexpr int64_t kSkinnyMax = 4;  // token rows up to which the f32-activation kernel runs (gpu_linear.cu)
+}  // namespace
+
+GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(model), opt_(o) {
+  const ModelConfig& c = model.config();
+  validate_config(o.attention);
+  ADAMAS_CHECK(o.attention.method == Method::full || o.attention.method == Method::adamas, ErrorKind::unsupported,
+               "--attn {} is not supported on cuda (full, adamas)", method_name(o.attention.method));
+  ADAMAS_CHECK(c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256, ErrorKind::unsupported,
+               "head_dim {} is not supported on cuda (64, 128, 256)", c.head_dim);
+  ADAMAS_CHECK(c.n_heads % c.n_kv_heads == 0, ErrorKind::unsupported, "{} query heads over {} KV heads", c.n_heads,
+               c.n_kv_heads);
+  ADAMAS_CHECK(c.dim % 8 == 0 && c.ffn_dim % 8 == 0 && c.q_dim() % 8 == 0, ErrorKind::unsupported,
+               "model widths must be multiples of 8 on cuda (dim {}, ffn {})", c.dim, c.ffn_dim);
+  ADAMAS_CHECK(o.context > 0 && o.max_batch > 0 && o.prefill_chunk > 0 && o.dense_layers >= 0,
+               ErrorKind::invalid_argument, "GPU engine: context {}, batch {}, prefill chunk {}, dense layers {} "
+               "(expected > 0, > 0, > 0, >= 0)", o.context, o.max_batch, o.prefill_chunk, o.dense_layers);
+  ADAMAS_CHECK(o.context <= c.context_length || c.context_length == 0, ErrorKind::invalid_argument,
+               "context = {} tokens exceeds the model's trained context length of {}", o.context, c.context_length);
+
+  const int64_t hd = c.head_dim, kvh = c.n_kv_heads, cap = o.context;
+  cache_.kv_heads = kvh, cache_.head_dim = hd, cache_.capacity = cap;
+  cache_.has_codes = o.attention.method == Method::adamas && o.dense_layers < c.n_layers;
+  const int64_t kv_bytes = kvh * cap * hd * 2;
+  cache_.k_off = 0, cache_.v_off = kv_bytes, cache_.codes_off = 2 * kv_bytes;
+  cache_.layer_bytes = 2 * kv_bytes + (cache_.has_codes ? kvh * cap * hd / 4 : 0);
+  cache_.layer_bytes = (cache_.layer_bytes + 255) / 256 * 256;
+  cache_.slot_bytes = c.n_layers * cache_.layer_bytes;
+  int64_t free_b = 0, total_b = 0;
+  device_memory(&free_b, &total_b);
+  const int64_t need = o.max_batch * cache_.slot_bytes;
+  ADAMAS_CHECK(need < free_b, ErrorKind::unsupported,
+               "GPU out of memory: the KV cache of {} sequence(s) x {} tokens needs {:.2f} GiB, {:.2f} GiB free "
+               "(lower the context or the batch)", o.max_batch, cap, double(need) / (1 << 30),
+               double(free_b) / (1 << 30));
+  cache_.base = static_cast<uint8_t*>(cache_mem_.alloc(need, "the KV cache"));
+  len_.assign(size_t(o.max_batch), -1);
+
+  const int64_t R = std::max(o.max_batch, o.prefill_chunk), qd = c.q_dim(), kvd = c.kv_dim();
+  x_ = buf_.alloc_n<float>(R * c.dim, "activations");
+  hn_ = buf_.alloc_n<float>(R * c.dim, "activations");
+  qkv_ = buf_.alloc_n<float>(R * (qd + 2 * kvd), "activations");
+  q_ = buf_.alloc_n<float>(R * qd, "activations");
+  att_ = buf_.alloc_n<float>(R * qd, "activations");
+  gu_ = buf_.alloc_n<float>(R * 2 * c.ffn_dim, "activations");
+  act_ = buf_.alloc_n<float>(R * c.ffn_dim, "activations");
+  qpart_ = buf_.alloc_n<float>(R * kvd, "activations");
+  attpart_ = buf_.alloc_n<float>(R * kvd, "activations");
+  logits_ = buf_.alloc_n<float>(o.max_batch * c.vocab, "logits");
+  xh_ = buf_.alloc_n<__half>(R * std::max({c.dim, c.ffn_dim, qd}), "activations");
+  knew_ = buf_.alloc_n<__half>(R * kvd, "activations");
+  codes_new_ = buf_.alloc_n<uint8_t>(R * kvd / 4, "codes");
+  d_tok_ = buf_.alloc_n<int32_t>(R, "tokens");
+  d_pos_ = buf_.alloc_n<int32_t>(R, "positions");
+  d_slot_ = buf_.alloc_n<int32_t>(R, "slots");
+  d_thr_ = buf_.alloc_n<Thresholds>(1, "thresholds");
+  check(cudaMemcpy(d_thr_, &o.attention.thresholds, sizeof(Thresholds), cudaMemcpyHostToDevice), "thresholds");
+  constexpr int64_t kBlasWorkspace = int64_t(32) << 20;  // set explicitly so cuBLAS never allocates in a capture
+  blas_ws_ = buf_.alloc(kBlasWorkspace, "cuBLAS workspace");
+
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  ADAMAS_CHECK(cublasCreate(&blas_) == CUBLAS_STATUS_SUCCESS, ErrorKind::unsupported, "cublasCreate failed");
+  cublasSetStream(blas_, stream_);
+  cublasSetWorkspace(blas_, blas_ws_, size_t(kBlasWorkspace));
+  cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH);
+  for (auto& e : done_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  ws_ = std::make_unique<cuda::Workspace>();
+}
+
+GpuEngine::~GpuEngine() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& e : exec_)
+    if (e) cudaGraphExecDestroy(e);
+  for (auto& e : done_)
+    if (e) cudaEventDestroy(e);
+  if (h_pos_) cudaFreeHost(h_pos_);
+  if (h_out_) cudaFreeHost(h_out_);
+  if (blas_) cublasDestroy(blas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+int GpuEngine::add_sequence() {
+  for (size_t i = 0; i < len_.size(); ++i)
+    if (len_[i] < 0) {
+      len_[i] = 0;
+      return int(i);
+    }
+  fail(ErrorKind::invalid_argument, "GPU engine: all {} sequence slots are in use (finish one first)", len_.size());
+}
+
+void GpuEngine::finish(int seq) {
+  (void)length(seq);
+  len_[size_t(seq)] = -1;
+}
+
+int64_t GpuEngine::length(int seq) const {
+  ADAMAS_CHECK(seq >= 0 && seq < int(len_.size()) && len_[size_t(seq)] >= 0, ErrorKind::invalid_argument,
+               "GPU engine: sequence {} is not active", seq);
+  return len_[size_t(seq)];
+}
+
+void GpuEngine::linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
+                       float beta) {
+  if (n <= kSkinnyMax) return skinny_matmul(w, rows, cols, x, n, y, beta, stream_);
+  to_half(x, n * cols, xh_, stream_);
+  const float alpha = 1.0f;
+  // Column-major view: y^T [rows][n] = W (stored [rows][cols] row-major = [cols][rows] column-major)^T x^T.
+  const cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n), int(cols), &alpha, w,
+                                         CUDA_R_16F, int(cols), xh_, CUDA_R_16F, int(cols), &beta, y, CUDA_R_32F,
+                                         int(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  ADAMAS_CHECK(st == CUBLAS_STATUS_SUCCESS, ErrorKind::unsupported, "cublasGemmEx failed (status {})", int(st));
+}
+
+std::vector<SequenceCache> GpuEngine::views(int64_t layer, const int32_t* pos, const int32_t* slot,
+                                            int64_t n) const {
+  const int64_t hd = cache_.head_dim, kvh = cache_.kv_heads, cap = cache_.capacity;
+  std::vector<SequenceCache> v(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    const uint8_t* base = cache_.base + slot[r] * cache_.slot_bytes + layer * cache_.layer_bytes;
+    const int64_t tokens = pos[r] + 1;
+    v[size_t(r)].k = HeadsView{base + cache_.k_off, DType::f16, kvh, tokens, hd, cap * hd, hd};
+    v[size_t(r)].v = HeadsView{base + cache_.v_off, DType::f16, kvh, tokens, hd, cap * hd, hd};
+    if (cache_.has_codes) v[size_t(r)].codes = CodesView{base + cache_.codes_off, kvh, tokens, hd, cap * hd / 4, hd / 4};
+  }
+  return v;
+}
+
+void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
+  const ModelConfig& c = model_.config();
+  AttentionConfig ac = opt_.attention;
+  if (layer < opt_.dense_layers) ac.method = Method::full;
+  const std::vector<SequenceCache> seqs = views(layer, cur_pos_, row_slot_.data(), n);
+  const int64_t g = c.n_heads / c.n_kv_heads;
+  if (kernels_have_group(g)) {
+    cuda::BatchInputs in;
+    in.q = q_, in.n_heads = c.n_heads, in.seqs = seqs;
+    return cuda::decode_attention(in, ac, *ws_, att_, stream_);
+  }
+  // Groups the kernels lack (SmolLM2: 3): one call per position j in the group, each of group 1.
+  for (int64_t j = 0; j < g; ++j) {
+    gather_group_part(q_, n, c.n_kv_heads, g, j, c.head_dim, qpart_, stream_);
+    cuda::BatchInputs in;
+    in.q = qpart_, in.n_heads = c.n_kv_heads, in.seqs = seqs;
+    cuda::decode_attention(in, ac, *ws_, attpart_, stream_);
+    scatter_group_part(attpart_, n, c.n_kv_heads, g, j, c.head_dim, att_, stream_);
+  }
+}
+
+void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
+  const ModelConfig& c = model_.config();
+  const int64_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim;
+  embed_rows(model_.embedding(), d_tok_, n, dim, x_, stream_);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const GpuLayer& w = model_.layer(l);
+    rms_norm_rows(x_, w.attn_norm, n, dim, c.norm_eps, hn_, stream_);
+    linear(w.wqkv, qd + 2 * kvd, dim, hn_, n, qkv_, 0.0f);
+    rope_and_append(qkv_, n, c.n_heads, model_.rope_inv_freq(), model_.rope_pairs(), d_pos_, d_slot_, cache_, l, q_,
+                    knew_, stream_);
+    if (cache_.has_codes) {
+      cuda::encode_vectors(knew_, DType::f16, n * c.n_kv_heads, c.head_dim, c.head_dim, d_thr_, 1, codes_new_,
+                           stream_);
+      append_codes(codes_new_, n, d_pos_, d_slot_, cache_, l, stream_);
+    }
+    if (decode) decode_attention_layer(l, n);
+    else prefill_attention(q_, n, p0, c.n_heads, cache_, l, seq, att_, stream_);
+    linear(w.wo, dim, qd, att_, n, x_, 1.0f);
+    rms_norm_rows(x_, w.ffn_norm, n, dim, c.norm_eps, hn_, stream_);
+    linear(w.wgu, 2 * ffn, dim, hn_, n, gu_, 0.0f);
+    swiglu_rows(gu_, n, ffn, act_, stream_);
+    linear(w.wdown, dim, ffn, act_, n, x_, 1.0f);
+  }
+  // Logits of every row of a step, of the last row of a prefill chunk; greedy tokens into d_tok_ (the next input).
+  const int64_t first = decode ? 0 : n - 1, rows = n - first;
+  rms_norm_rows(x_ + first * dim, model_.output_norm(), rows, dim, c.norm_eps, hn_, stream_);
+  linear(model_.output(), c.vocab, dim, hn_, rows, logits_, 0.0f);
+  argmax_rows(logits_, rows, c.vocab, d_tok_, stream_);
+  last_rows_ = rows;
+}
+
+int32_t GpuEngine::prefill(int seq, std::span<const int32_t> tokens) {
+  const ModelConfig& c = model_.config();
+  const int64_t n = int64_t(tokens.size()), p0 = length(seq);
+  ADAMAS_CHECK(n > 0, ErrorKind::invalid_argument, "prefill: no tokens");
+  ADAMAS_CHECK(p0 + n <= opt_.context, ErrorKind::invalid_argument,
+               "{} tokens do not fit the context: {} cached + {} > {} (raise -c)", n, p0, n, opt_.context);
+  for (int32_t t : tokens)
+    ADAMAS_CHECK(0 <= t && t < c.vocab, ErrorKind::invalid_argument, "token id {} not in [0, {})", t, c.vocab);
+  std::vector<int32_t> pos(size_t(opt_.prefill_chunk)), slot(size_t(opt_.prefill_chunk), seq);
+  for (int64_t done = 0; done < n;) {
+    const int64_t m = std::min(opt_.prefill_chunk, n - done);
+    for (int64_t i = 0; i < m; ++i) pos[size_t(i)] = int32_t(p0 + done + i);
+    check(cudaMemcpyAsync(d_tok_, tokens.data() + done, size_t(m) * 4, cudaMemcpyHostToDevice, stream_), "upload");
+    check(cudaMemcpyAsync(d_pos_, pos.data(), size_t(m) * 4, cudaMemcpyHostToDevice, stream_), "upload");
+    check(cudaMemcpyAsync(d_slot_, slot.data(), size_t(m) * 4, cudaMemcpyHostToDevice, stream_), "upload");
+    forward(m, false, seq, p0 + done);
+    check(cudaStreamSynchronize(stream_), "prefill");  // the host arrays above are reused by the next chunk
+    done += m;
+  }
+  len_[size_t(seq)] = p0 + n;
+  int32_t next = 0;
+  check(cudaMemcpy(&next, d_tok_, 4, cudaMemcpyDeviceToHost), "prefill: next token");
+  return next;
+}
+
+void GpuEngine::enqueue_step(int64_t step, int64_t batch) {
+  cur_pos_ = h_pos_ + step * batch;
+  check(cudaMemcpyAsync(d_pos_, cur_pos_, size_t(batch) * 4, cudaMemcpyHostToDevice, stream_), "step positions");
+  forward(batch, true, -1, 0);
+  check(cudaMemcpyAsync(h_out_ + step * batch, d_tok_, size_t(batch) * 4, cudaMemcpyDeviceToHost, stream_),
+        "step tokens");
+}
+
+void GpuEngine::run_step(int64_t step, int64_t batch) {
+  if (!opt_.cuda_graph) {
+    enqueue_step(step, batch);
+    ++eager_steps_;
+    return;
+  }
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal), "graph capture");
+  try {
+    enqueue_step(step, batch);
+  } catch (const Error&) {
+    // A workspace that had to grow (allocation, synchronisation) cannot be captured: run this step directly.
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    enqueue_step(step, batch);
+    ++eager_steps_;
+    return;
+  }
+  check(cudaStreamEndCapture(stream_, &graph), "graph capture");
+  const int k = int(graph_steps_ % 2);
+  if (exec_[k]) {
+    check(cudaEventSynchronize(done_[k]), "graph reuse");  // its previous launch has finished
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(exec_[k], graph, &info) != cudaSuccess) {
+      (void)cudaGetLastError();
+      cudaGraphExecDestroy(exec_[k]);
+      exec_[k] = nullptr;
+    }
+  }
+  if (!exec_[k]) check(cudaGraphInstantiate(&exec_[k], graph, 0), "graph instantiate");
+  cudaGraphDestroy(graph);
+  check(cudaGraphLaunch(exec_[k], stream_), "graph launch");
+  check(cudaEventRecord(done_[k], stream_), "graph event");
+  ++graph_steps_;
+}
+
+std::vector<std::vector<int32_t>> GpuEngine::generate(std::span<const int> seqs, std::span<const int32_t> tokens,
+                                                      int64_t steps) {
+  const ModelConfig& c = model_.config();
+  const int64_t batch = int64_t(seqs.size());
+  ADAMAS_CHECK(batch > 0 && batch == int64_t(tokens.size()) && batch <= opt_.max_batch, ErrorKind::invalid_argument,
+               "decode: {} sequences and {} tokens (expected the same number, 1 to {})", batch, tokens.size(),
+               opt_.max_batch);
+  ADAMAS_CHECK(steps > 0, ErrorKind::invalid_argument, "decode: {} steps (expected > 0)", steps);
+  row_slot_.assign(seqs.begin(), seqs.end());
+  for (int64_t b = 0; b < batch; ++b) {
+    ADAMAS_CHECK(std::count(seqs.begin(), seqs.end(), seqs[size_t(b)]) == 1, ErrorKind::invalid_argument,
+                 "decode: sequence {} appears twice in one step", seqs[size_t(b)]);
+    ADAMAS_CHECK(length(seqs[size_t(b)]) + steps <= opt_.context, ErrorKind::invalid_argument,
+                 "decode: sequence {} holds {} tokens; {} more do not fit the context of {}", seqs[size_t(b)],
+                 length(seqs[size_t(b)]), steps, opt_.context);
+    ADAMAS_CHECK(0 <= tokens[size_t(b)] && tokens[size_t(b)] < c.vocab, ErrorKind::invalid_argument,
+                 "token id {} not in [0, {})", tokens[size_t(b)], c.vocab);
+  }
+  check(cudaStreamSynchronize(stream_), "decode");  // the pinned rings below may still be read by earlier steps
+  if (steps * batch > h_cap_) {
+    if (h_pos_) cudaFreeHost(h_pos_), cudaFreeHost(h_out_);
+    h_cap_ = steps * batch;
+    check(cudaMallocHost(&h_pos_, size_t(h_cap_) * 4), "pinned memory");
+    check(cudaMallocHost(&h_out_, size_t(h_cap_) * 4), "pinned memory");
+  }
+  for (int64_t s = 0; s < steps; ++s)
+    for (int64_t b = 0; b < batch; ++b) h_pos_[s * batch + b] = int32_t(len_[size_t(seqs[size_t(b)])] + s);
+  check(cudaMemcpyAsync(d_tok_, tokens.data(), size_t(batch) * 4, cudaMemcpyHostToDevice, stream_), "upload");
+  check(cudaMemcpyAsync(d_slot_, row_slot_.data(), size_t(batch) * 4, cudaMemcpyHostToDevice, stream_), "upload");
+  check(cudaStreamSynchronize(stream_), "upload");  // tokens and row_slot_ are host memory that may change
+  for (int64_t s = 0; s < steps; ++s) run_step(s, batch);
+  check(cudaStreamSynchronize(stream_), "decode");
+  check(cudaGetLastError(), "decode kernels");
+  for (int64_t b = 0; b < batch; ++b) len_[size_t(seqs[size_t(b)])] += steps;
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(steps));
+  for (int64_t s = 0; s < steps; ++s) out[size_t(s)].assign(h_out_ + s * batch, h_out_ + (s + 1) * batch);
+  return out;
+}
+
+std::vector<int32_t> GpuEngine::decode(std::span<const int> seqs, std::span<const int32_t> tokens) {
+  return generate(seqs, tokens, 1)[0];
+}
+
+std::vector<float> GpuEngine::logits(int64_t row) const {
+  ADAMAS_CHECK(row >= 0 && row < last_rows_, ErrorKind::invalid_argument, "logits: row {} of {}", row, last_rows_);
+  const int64_t v = model_.config().vocab;
+  std::vector<float> out(static_cast<size_t>(v));
+  check(cudaStreamSynchronize(stream_), "logits");
+  check(cudaMemcpy(out.data(), logits_ + row * v, size_t(v) * 4, cudaMemcpyDeviceToHost), "logits");
+  return out;
+}
+
+void GpuEngine::fill_random(int seq, int64_t tokens, uint64_t seed, float key_scale) {
+  ADAMAS_CHECK(tokens > 0 && tokens <= opt_.context && length(seq) == 0, ErrorKind::invalid_argument,
+               "fill_random: {} tokens into sequence {} (expected an empty sequence and 1 to {} tokens)", tokens, seq,
+               opt_.context);
+  const ModelConfig& c = model_.config();
+  const int64_t hd = c.head_dim, kvh = c.n_kv_heads, cap = opt_.context;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    uint8_t* base = cache_.base + seq * cache_.slot_bytes + l * cache_.layer_bytes;
+    auto* k = reinterpret_cast<__half*>(base + cache_.k_off);
+    auto* v = reinterpret_cast<__half*>(base + cache_.v_off);
+    // Whole [kv_heads][capacity] planes: the unused tail is overwritten by decode steps.
+    fill_random_half(k, kvh * cap * hd, seed + 2 * uint64_t(l), key_scale * 1.7320508f, stream_);
+    fill_random_half(v, kvh * cap * hd, seed + 2 * uint64_t(l) + 1, 1.0f, stream_);
+    if (cache_.has_codes) {
+      const HeadsView kv{k, DType::f16, kvh, tokens, hd, cap * hd, hd};
+      const MutCodesView codes{base + cache_.codes_off, kvh, tokens, hd, cap * hd / 4, hd / 4};
+      cuda::encode_keys(kv, 0, tokens, d_thr_, 1, codes, stream_);
+    }
+  }
+  check(cudaStreamSynchronize(stream_), "fill_random");
+  len_[size_t(seq)] = tokens;
+}
+
+}  // namespace adamas::gpu

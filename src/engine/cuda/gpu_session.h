@@ -1,0 +1,111 @@
+// The GPU engine: a Llama forward on one GPU over a pool of per-sequence KV + code caches, for batches of
+// sequences of different lengths (the base of a server: sequences are added and finished between steps).
+//
+// prefill(): one sequence, chunks of tokens, dense causal attention (gpu_prefill_attention.cu).
+// generate()/decode(): steps over a batch, one token per sequence, attention through the Adamas CUDA operator
+// (adamas::cuda::decode_attention: full, or Adamas in the layers from `dense_layers` on). Each step is enqueued
+// without host synchronisation; with `cuda_graph` it is captured into a CUDA graph and replayed (the attention
+// kernels take token counts as launch parameters, so each step is re-captured and the executable graph updated in
+// place, while the GPU runs the previous step). Greedy tokens stay on the device between steps.
+//
+// Matrix products: f16 weights; up to 4 token rows a skinny f32-activation kernel (gpu_linear.cu), more rows
+// cuBLAS (f16 activations, f32 accumulation). Cache: f16 K/V [kv_heads][context][head_dim] per layer and slot.
+// Not here yet: paged caches (the CUDA attention API takes one contiguous cache per sequence), calibrated
+// thresholds, sampling other than greedy, Quest and StreamingLLM (errors name them).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "adamas/cuda_attention.h"
+#include "engine/cuda/device_buffer.h"
+#include "engine/cuda/gpu_model.h"
+#include "engine/cuda/gpu_ops.h"
+
+namespace adamas::gpu {
+
+using cuda::SequenceCache;
+
+struct GpuEngineOptions {
+  int64_t context = 4096;   // tokens per sequence slot
+  int64_t max_batch = 1;    // sequence slots (the cache holds max_batch x context tokens)
+  AttentionConfig attention;  // method full or adamas
+  int64_t dense_layers = 2;   // the first layers decode with full attention (as the CPU engine)
+  int64_t prefill_chunk = 256;
+  bool cuda_graph = true;
+};
+
+class GpuEngine {
+ public:
+  // Error(unsupported) for a method other than full/adamas, an unsupported head_dim, or a cache that does not fit
+  // (naming the bytes); Error(invalid_argument) for bad sizes.
+  GpuEngine(const GpuModel& model, const GpuEngineOptions& options);
+  ~GpuEngine();
+  GpuEngine(const GpuEngine&) = delete;
+  GpuEngine& operator=(const GpuEngine&) = delete;
+
+  const GpuEngineOptions& options() const { return opt_; }
+  // A free cache slot for a new sequence (Error when all max_batch are taken); finish() returns it.
+  int add_sequence();
+  void finish(int seq);
+  int64_t length(int seq) const;
+
+  // Appends the tokens to sequence `seq` and returns the greedy next token.
+  int32_t prefill(int seq, std::span<const int32_t> tokens);
+  // One step: sequence seqs[i] appends tokens[i]; returns the greedy next token of each.
+  std::vector<int32_t> decode(std::span<const int> seqs, std::span<const int32_t> tokens);
+  // `steps` greedy steps: the first appends `tokens`, each later one the previous step's outputs (which stay on the
+  // device). Returns [steps][batch]. The host waits once, at the end.
+  std::vector<std::vector<int32_t>> generate(std::span<const int> seqs, std::span<const int32_t> tokens,
+                                             int64_t steps);
+  // Logits of row `row` of the last prefill (row 0) or step (row = batch index).
+  std::vector<float> logits(int64_t row) const;
+
+  // Benchmarks: sequence `seq` gets `tokens` random K/V (and their codes), as if prefilled.
+  void fill_random(int seq, int64_t tokens, uint64_t seed, float key_scale = 8.0f);
+  int64_t cache_bytes() const { return cache_mem_.bytes(); }
+  int64_t graph_steps() const { return graph_steps_; }
+  int64_t eager_steps() const { return eager_steps_; }
+
+ private:
+  void linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta);
+  void forward(int64_t n, bool decode, int seq, int64_t p0);  // rows' tokens/pos/slot already in d_tok_/d_pos_/d_slot_
+  void decode_attention_layer(int64_t layer, int64_t n);
+  void enqueue_step(int64_t step, int64_t batch);
+  void run_step(int64_t step, int64_t batch);  // graph or eager
+  std::vector<SequenceCache> views(int64_t layer, const int32_t* pos, const int32_t* slot, int64_t n) const;
+
+  const GpuModel& model_;
+  GpuEngineOptions opt_;
+  CacheLayout cache_{};
+  DeviceArena cache_mem_, buf_;
+  std::vector<int64_t> len_;  // tokens per slot, -1 when free
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::unique_ptr<cuda::Workspace> ws_;
+  // device buffers, rows = max(max_batch, prefill_chunk)
+  float *x_ = nullptr, *hn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *att_ = nullptr, *gu_ = nullptr,
+        *act_ = nullptr, *qpart_ = nullptr, *attpart_ = nullptr, *logits_ = nullptr;
+  __half *xh_ = nullptr, *knew_ = nullptr;
+  uint8_t* codes_new_ = nullptr;
+  int32_t *d_tok_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr;
+  Thresholds* d_thr_ = nullptr;
+  void* blas_ws_ = nullptr;
+  // host: the current step's rows (pinned rings written before the step is enqueued)
+  int32_t *h_pos_ = nullptr, *h_out_ = nullptr;
+  const int32_t* cur_pos_ = nullptr;  // positions of the step being enqueued
+  int64_t h_cap_ = 0;
+  std::vector<int32_t> row_slot_;
+  int64_t last_rows_ = 0;
+  // graphs: two executables, alternated so one is updated while the other may still run
+  cudaGraphExec_t exec_[2] = {nullptr, nullptr};
+  cudaEvent_t done_[2] = {nullptr, nullptr};
+  int64_t graph_steps_ = 0, eager_steps_ = 0;
+};
+
+}  // namespace adamas::gpu

@@ -1,0 +1,210 @@
+// The GPU engine against the CPU engine on a random model of SmolLM2-135M's architecture (30 layers, dim 576,
+// ffn 1536, 9 query / 3 KV heads of 64, vocab 49152, rope theta 1e5, tied embeddings), written to a GGUF in memory
+// with weights rounded to f16 so that both engines compute with the same weights. Greedy tokens must match token
+// for token (full attention and Adamas), and a batch of sequences must decode as each sequence alone.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "adamas/cuda_attention.h"
+#include "core/dtype.h"
+#include "engine/cuda/gpu_session.h"
+#include "engine/session.h"
+#include "tiny_model.h"
+
+namespace adamas {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device: GPU engine test skipped"
+
+constexpr int64_t kContext = 128;
+
+// The random SmolLM2-shaped model, built once (half a GB of f32 weights).
+const LlamaModel& smol_model() {
+  static const LlamaModel model = [] {
+    test::TinySpec s;
+    s.layers = 30, s.dim = 576, s.ffn = 1536, s.heads = 9, s.kv_heads = 3, s.vocab = 49152, s.context = 8192;
+    s.rope_base = 100000.0f, s.tied = true, s.seed = 11;
+    test::TinyModel m = test::make_tiny_model(s);
+    // Every f32 of the data section rounded to f16: the GPU's f16 weights are then exactly the CPU's.
+    const uint64_t off = GgufFile::from_bytes(m.bytes, "probe.gguf").data_offset();
+    for (uint64_t i = off; i + 4 <= m.bytes.size(); i += 4) {
+      float f;
+      std::memcpy(&f, &m.bytes[i], 4);
+      f = f16_to_f32(f32_to_f16(f));
+      std::memcpy(&m.bytes[i], &f, 4);
+    }
+    return LlamaModel::from_gguf(GgufFile::from_bytes(m.bytes, "smol-random.gguf"));
+  }();
+  return model;
+}
+
+const gpu::GpuModel& smol_gpu() {
+  static const gpu::GpuModel g = gpu::GpuModel::upload(smol_model());
+  return g;
+}
+
+AttentionConfig attention(Method m) {
+  AttentionConfig a;
+  a.method = m;
+  a.budget = 16;  // well under the decoded lengths, so Adamas selects in every sparse layer
+  return a;
+}
+
+int32_t argmax(std::span<const float> v) { return int32_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+// Greedy tokens of the CPU engine: the prompt, then `steps` tokens.
+std::vector<int32_t> cpu_greedy(const std::vector<int32_t>& prompt, Method m, int64_t steps) {
+  EngineOptions o;
+  o.context = kContext;
+  o.attention = attention(m);
+  Session s(smol_model(), o);
+  std::vector<int32_t> out{argmax(s.prefill(prompt))};
+  while (int64_t(out.size()) < steps) out.push_back(argmax(s.decode(out.back())));
+  return out;
+}
+
+gpu::GpuEngineOptions gpu_options(Method m, int64_t batch, bool graph = true) {
+  gpu::GpuEngineOptions o;
+  o.context = kContext;
+  o.max_batch = batch;
+  o.attention = attention(m);
+  o.cuda_graph = graph;
+  return o;
+}
+
+std::vector<int32_t> gpu_greedy(gpu::GpuEngine& e, const std::vector<int32_t>& prompt, int64_t steps) {
+  const int seq = e.add_sequence();
+  std::vector<int32_t> out{e.prefill(seq, prompt)};
+  while (int64_t(out.size()) < steps) {
+    const int s[1] = {seq};
+    const int32_t t[1] = {out.back()};
+    out.push_back(e.decode(s, t)[0]);
+  }
+  e.finish(seq);
+  return out;
+}
+
+class GpuEngineMatchesCpu : public ::testing::TestWithParam<Method> {};
+
+TEST_P(GpuEngineMatchesCpu, GreedyTokenForToken) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> prompt{17, 4242, 31000, 9};
+  constexpr int64_t kSteps = 48;
+  const std::vector<int32_t> cpu = cpu_greedy(prompt, GetParam(), kSteps);
+  gpu::GpuEngine e(smol_gpu(), gpu_options(GetParam(), 1));
+  const std::vector<int32_t> got = gpu_greedy(e, prompt, kSteps);
+  EXPECT_EQ(got, cpu) << method_name(GetParam()) << ": GPU steps graph " << e.graph_steps() << ", eager "
+                      << e.eager_steps();
+  EXPECT_GT(e.graph_steps(), 0) << "no step ran as a CUDA graph";
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, GpuEngineMatchesCpu, ::testing::Values(Method::full, Method::adamas),
+                         [](const auto& i) { return std::string(method_name(i.param)); });
+
+TEST(GpuEngine, GraphEqualsEager) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> prompt{5, 6, 7};
+  gpu::GpuEngine g(smol_gpu(), gpu_options(Method::adamas, 1, true));
+  gpu::GpuEngine d(smol_gpu(), gpu_options(Method::adamas, 1, false));
+  EXPECT_EQ(gpu_greedy(g, prompt, 30), gpu_greedy(d, prompt, 30));
+}
+
+// A long prompt takes the cuBLAS path (f16 activations): logits close to the CPU's, same greedy token.
+TEST(GpuEngine, LongPrefillCloseToCpu) {
+  SKIP_WITHOUT_GPU();
+  std::vector<int32_t> prompt(100);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % 49152);
+  EngineOptions o;
+  o.context = kContext;
+  o.attention = attention(Method::full);
+  Session cpu(smol_model(), o);
+  const std::span<const float> ref = cpu.prefill(prompt);
+  gpu::GpuEngineOptions go = gpu_options(Method::full, 1);
+  go.prefill_chunk = 48;  // three chunks
+  gpu::GpuEngine e(smol_gpu(), go);
+  const int seq = e.add_sequence();
+  const int32_t next = e.prefill(seq, prompt);
+  const std::vector<float> got = e.logits(0);
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::abs(got[i] - ref[i])));
+    max_ref = std::max(max_ref, double(std::abs(ref[i])));
+  }
+  std::vector<float> sorted(ref.begin(), ref.end());
+  std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+  std::printf("long prefill: max |logit diff| %.4g of max |logit| %.4g; CPU top-2 gap %.4g\n", max_diff, max_ref,
+              double(sorted[0] - sorted[1]));
+  EXPECT_LT(max_diff, 0.02 * max_ref);
+  if (sorted[0] - sorted[1] > 2 * max_diff) EXPECT_EQ(next, argmax(ref));
+}
+
+// Three sequences of different lengths decoded together (with one finished and a new one added midway) give each
+// sequence's single-sequence tokens.
+TEST(GpuEngine, BatchEqualsSingleSequences) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<std::vector<int32_t>> prompts{{1, 2}, {300, 301, 302}, {40000, 5, 6, 7}, {77}};
+  constexpr int64_t kSteps = 24, kHalf = 12;
+  gpu::GpuEngine single(smol_gpu(), gpu_options(Method::adamas, 1));
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& p : prompts) want.push_back(gpu_greedy(single, p, kSteps + 1));
+
+  gpu::GpuEngine e(smol_gpu(), gpu_options(Method::adamas, 3));
+  std::vector<int> seq;
+  std::vector<std::vector<int32_t>> got(prompts.size());
+  for (size_t i = 0; i < 3; ++i) {
+    seq.push_back(e.add_sequence());
+    got[i].push_back(e.prefill(seq[i], prompts[i]));
+  }
+  auto run = [&](const std::vector<size_t>& which, int64_t steps) {
+    std::vector<int> s;
+    std::vector<int32_t> t;
+    for (size_t i : which) s.push_back(seq[i]), t.push_back(got[i].back());
+    const auto out = e.generate(s, t, steps);
+    for (const auto& step : out)
+      for (size_t j = 0; j < which.size(); ++j) got[which[j]].push_back(step[j]);
+  };
+  run({0, 1, 2}, kHalf);
+  e.finish(seq[1]);  // sequence 1 stops; sequence 3 joins in its slot
+  seq.push_back(e.add_sequence());
+  got[3].push_back(e.prefill(seq[3], prompts[3]));
+  run({0, 3, 2}, kSteps - kHalf);
+  run({3}, kHalf);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const size_t n = got[i].size();
+    EXPECT_EQ(got[i], std::vector<int32_t>(want[i].begin(), want[i].begin() + int64_t(n))) << "sequence " << i;
+  }
+}
+
+TEST(GpuEngine, ClearErrors) {
+  SKIP_WITHOUT_GPU();
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([] { gpu::GpuEngine e(smol_gpu(), gpu_options(Method::quest, 1)); }).find("not supported on cuda"),
+            std::string::npos);
+  EXPECT_NE(message([] {
+              gpu::GpuEngineOptions o = gpu_options(Method::full, 1);
+              o.context = 8192;
+              o.max_batch = 100000;  // petabytes of cache
+              gpu::GpuEngine e(smol_gpu(), o);
+            }).find("GPU out of memory"),
+            std::string::npos);
+  gpu::GpuEngine e(smol_gpu(), gpu_options(Method::full, 1));
+  const int seq = e.add_sequence();
+  EXPECT_NE(message([&] { e.add_sequence(); }).find("slots are in use"), std::string::npos);
+  const std::vector<int32_t> bad{49152};
+  EXPECT_NE(message([&] { e.prefill(seq, bad); }).find("not in [0, 49152)"), std::string::npos);
+  const std::vector<int32_t> too_long(kContext + 1, 1);
+  EXPECT_NE(message([&] { e.prefill(seq, too_long); }).find("do not fit the context"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace adamas
