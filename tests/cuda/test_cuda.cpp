@@ -322,8 +322,9 @@ std::vector<SelectCase> select_cases() {
   return v;
 }
 
-// Select paths (ADAMAS_CUDA_SELECT): "" = automatic (fused cluster kernel where it fits), v1 = the two-launch path,
-// fused:C = the fused kernel with clusters of C blocks (falls back to v1 when the rows do not fit its shared memory).
+// Select paths (ADAMAS_CUDA_SELECT): "" = automatic (grid kernel where its blocks are all resident, else the fused
+// cluster kernel where it fits), v1 = the two-launch path, fused:C = the fused kernel with clusters of C blocks,
+// grid:P = the grid kernel with P blocks per (sequence, KV head) (both fall back when the rows do not fit).
 class SelectPathEnv {
  public:
   explicit SelectPathEnv(const char* v) {
@@ -353,7 +354,8 @@ TEST(CudaSelect, EveryPathAndClusterSizeIdenticalToCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
   cuda::Workspace ws;
-  for (const char* path : {"v1", "fused:1", "fused:2", "fused:4", "fused:8", "fused:16"}) {
+  for (const char* path :
+       {"v1", "fused:1", "fused:2", "fused:4", "fused:8", "fused:16", "grid:1", "grid:2", "grid:5", "grid:16"}) {
     const SelectPathEnv env(path);
     for (const auto& sc : select_cases()) {
       SCOPED_TRACE(std::string(path) + " " + sc.name);

@@ -43,6 +43,14 @@ struct Workspace::State {
   uint32_t* tile_ctr = nullptr;  // zero between launches
   size_t tile_ctr_bytes = 0;
   uint32_t epoch = 0;
+  // grid select (v4): cumulative counts per block, row histograms by barrier parity, barriers (arrivals, generation)
+  uint32_t* gcum = nullptr;
+  size_t gcum_bytes = 0;
+  uint32_t* gtotal = nullptr;  // the half the next launch of a row uses is zero
+  size_t gtotal_bytes = 0;
+  uint32_t* gbar = nullptr;
+  size_t gbar_bytes = 0;
+  int64_t grid_key[3] = {-1, -1, -1};  // (units, bins, kv_heads) of the last grid launch: a change resets the two above
   int32_t* idx = nullptr;
   size_t idx_bytes = 0;
   int32_t* counts = nullptr;

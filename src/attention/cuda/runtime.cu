@@ -42,7 +42,8 @@ Workspace::~Workspace() {
   for (void* p : {static_cast<void*>(s.dist), static_cast<void*>(s.hist), static_cast<void*>(s.row_done),
                   static_cast<void*>(s.info), static_cast<void*>(s.status), static_cast<void*>(s.tile_ctr),
                   static_cast<void*>(s.idx), static_cast<void*>(s.counts), static_cast<void*>(s.part),
-                  static_cast<void*>(s.done)})
+                  static_cast<void*>(s.done), static_cast<void*>(s.gcum), static_cast<void*>(s.gtotal),
+                  static_cast<void*>(s.gbar)})
     if (p) cudaFree(p);
 }
 

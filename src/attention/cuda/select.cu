@@ -358,91 +358,81 @@ __global__ void __launch_bounds__(kThreads) compact_kernel(const __grid_constant
 
 constexpr size_t kFusedSmemMax = 160 * 1024;  // the fused kernel's shared memory at most (else v1)
 
-// ---- v2: fused estimate + cut-off + compaction, one launch, one cluster per (sequence, KV head) --------------
-// A cluster of C blocks covers one (sequence, KV head): block `rank` takes tokens [rank * T, rank * T + T).
-// Distances stay in the block's shared memory; the per-block histograms are reduced across the cluster through
-// distributed shared memory (each block sums a slice of the bins), the cut-off is found from the slice sums, and
-// each block compacts its own tokens after an exclusive prefix of the kept/tie counts of the lower ranks. Nothing
-// but codes (read once) and indices (written once) touches global memory; no counters, no scratch, no round trips.
+// ---- shared by the fused (v3) and grid (v4) kernels ------------------------------------------------------------
 
-struct FusedParams {
-  BatchDesc bd;
-  const float* q;  // [batch][n_heads][D]
-  int n_heads, kv_heads, units;
-  const Thr* qthr;
-  Thr cfg_thr;
-  float hscale;
-  int budget, sink, window;
-  int bins, slice_bins;  // histogram bins; bins per cluster rank in the reduction
-  int tmax;              // tokens per block (max over the batch), multiple of 8
-  int vec_codes;
-  int32_t* idx;  // [batch][units][cap]
-  int64_t cap;
-  int32_t* counts;  // [batch][units]
-  unsigned long long* stamps;  // phase stamps (profiling builds), or null
+// One lane's share of a key (4 code words, 64 codes) for the L1 against a query's words, both sides prepared once:
+// p = thermometer-packed words (bits c>=1, c>=3), y = the middle bits (c>=2) of two words merged into one word
+// (word 0's odd bits, word 1's shifted to the even ones). The 6 words' bit counts sum to the L1 (v4; v3 counted 8).
+struct LaneCodes {
+  uint32_t p[4], y[2];
 };
-
-__device__ __forceinline__ uint32_t block_sum(uint32_t v, uint32_t* warp_sums) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  uint32_t all = 0;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) all += warp_sums[w];
-  return all;
+__device__ __forceinline__ uint32_t merge_mid(uint32_t w0, uint32_t w1) {
+  return (w0 & 0xAAAAAAAAu) | ((w1 & 0xAAAAAAAAu) >> 1);
+}
+__device__ __forceinline__ LaneCodes lane_codes(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) {
+  LaneCodes c;
+  c.p[0] = therm_pack(w0), c.p[1] = therm_pack(w1), c.p[2] = therm_pack(w2), c.p[3] = therm_pack(w3);
+  c.y[0] = merge_mid(w0, w1), c.y[1] = merge_mid(w2, w3);
+  return c;
+}
+// L1 over the lane's 64 codes: the 6 difference words go through two carry-save adders (xor3 and majority: one
+// LOP3 each) into two words of weight 1 and two of weight 2, so 4 POPC instead of v3's 8. POPC issues at 16/clk/SM
+// and bounded the distance pass of GQA (4 query heads per key).
+__device__ __forceinline__ int lane_l1(const LaneCodes& q, const LaneCodes& k) {
+  const uint32_t x0 = q.p[0] ^ k.p[0], x1 = q.p[1] ^ k.p[1], x2 = q.p[2] ^ k.p[2], x3 = q.p[3] ^ k.p[3];
+  const uint32_t y0 = q.y[0] ^ k.y[0], y1 = q.y[1] ^ k.y[1];
+  const uint32_t s1 = x0 ^ x1 ^ x2, c1 = (x0 & x1) | (x2 & (x0 ^ x1));
+  const uint32_t s2 = x3 ^ y0 ^ y1, c2 = (x3 & y0) | (y1 & (x3 ^ y0));
+  return __popc(s1) + __popc(s2) + 2 * (__popc(c1) + __popc(c2));
 }
 
-template <int D, int G, bool SHARED>
-__global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_constant__ FusedParams p) {
-  namespace cg = cooperative_groups;
-  constexpr int W = D / 16;        // 32-bit code words per key
-  constexpr int LPT = D / 64;      // lanes per token: each loads 16 bytes (4 words)
-  constexpr int R = SHARED ? 1 : G;
-  constexpr int kWarps = kThreads / 32;
-  constexpr int U = D <= 128 ? 8 : 4;  // 16-byte loads in flight per thread
-  constexpr int TPI = kThreads / LPT;   // tokens per u step of the block
-  cg::cluster_group cluster = cg::this_cluster();
-  const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
-  const int b = blockIdx.z, kvh = blockIdx.y;
-  const SeqDesc& sq = p.bd.seq[b];
-  const int64_t n = sq.n;
-  const int64_t T = ((n + C - 1) / C + 7) / 8 * 8;
-  const int64_t t_begin = min(n, int64_t(rank) * T), t_end = min(n, t_begin + T);
-  const int len = int(t_end - t_begin);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // first output row of this block
-  ADAMAS_STAMP(p.stamps, 0);
+// Block `rank` of `parts` over a sequence of n tokens: tokens [*t_begin, *t_begin + returned count), a multiple of
+// 8 per block (the last one shorter, later ones empty).
+__device__ __forceinline__ int block_tokens(int64_t n, int parts, int rank, int64_t* t_begin) {
+  const int64_t T = ((n + parts - 1) / parts + 7) / 8 * 8;
+  *t_begin = min(n, int64_t(rank) * T);
+  return int(min(n, *t_begin + T) - *t_begin);
+}
 
-  if (n <= p.budget) {  // keep everything (the whole cluster takes this branch: no cluster barriers)
-    for (int r = 0; r < R; ++r) {
-      int32_t* out = p.idx + (row0 + r) * p.cap;
-      for (int i = tid; i < len; i += kThreads) out[t_begin + i] = int32_t(t_begin + i);
-      if (rank == 0 && tid == 0) p.counts[row0 + r] = int32_t(n);
-    }
-    return;
+// Words of shared memory before the distances: histograms, other per-block arrays, query words; rounded up so the
+// distances start 16-byte aligned (the compaction reads them 8 at a time).
+__host__ __device__ inline int dist_offset_words(int words) { return (words + 3) / 4 * 4; }
+
+// Tokens [t_begin, t_begin + len) of one sequence and KV head, every row (R) of the block: `out_row0` + r * cap.
+template <int R>
+__device__ __forceinline__ void keep_all(int64_t t_begin, int len, int64_t n, bool first_block, int32_t* out_row0,
+                                         int64_t cap, int32_t* counts_row0) {
+  for (int r = 0; r < R; ++r) {
+    int32_t* out = out_row0 + r * cap;
+    for (int i = threadIdx.x; i < len; i += kThreads) out[t_begin + i] = int32_t(t_begin + i);
+    if (first_block && threadIdx.x == 0) counts_row0[r] = int32_t(n);
   }
+}
 
-  extern __shared__ __align__(16) uint32_t smem[];
-  uint32_t* hist = smem;                          // [R][bins]
-  uint32_t* tot = hist + R * p.bins;              // [R][slice_bins]: this rank's slice of the cluster's histogram
-  uint32_t* qw_s = tot + R * p.slice_bins;        // [G][W] query code words
-  uint16_t* dist = reinterpret_cast<uint16_t*>(qw_s + G * W);  // [R][tmax]
-  __shared__ uint32_t warp_sums[kWarps];
-  __shared__ uint32_t ssum[R], cnt[R][2], pre[R][2];
-  __shared__ int s_cut[R], s_skip[R];
-
+// Distance pass of one block of sequence b: the G query heads' codes are made (into qw_s, [G][D/16] words) and
+// hist[R][bins] cleared while the first code loads are in flight; then every token of [t_begin, t_begin + len) of
+// KV head `kvh` gets its u16 distance per row in dist[R][tmax] (the sum over the group when SHARED) and middle
+// tokens ([s0, tail)) are counted in hist. Each lane loads 16 bytes of a key (D / 64 lanes per token), U loads in
+// flight per thread; a warp covers 512 contiguous code bytes.
+template <int D, int G, bool SHARED, class Params>
+__device__ __forceinline__ void distance_pass(const Params& p, int b, int kvh, int64_t t_begin, int len, int64_t s0,
+                                              int64_t tail, uint32_t* qw_s, uint16_t* dist, uint32_t* hist) {
+  constexpr int R = SHARED ? 1 : G;
+  const SeqDesc& sq = p.bd.seq[b];
+  const int tmax = p.tmax, bins = p.bins, vec_codes = p.vec_codes;
+  constexpr int W = D / 16;
+  constexpr int LPT = D / 64;
+  constexpr int U = D <= 128 ? 8 : 4;
+  constexpr int TPI = kThreads / LPT;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int part = lane % LPT;
   const uint8_t* cbase = sq.codes + kvh * sq.c_head;
-  // Token and 16-byte piece of load (it, u): warps cover 512 contiguous code bytes (when rows are packed).
   auto load = [&](int64_t it, int u, uint4& v) {
     const int64_t local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
     v = make_uint4(0, 0, 0, 0);
     if (local < len) {
       const uint8_t* ptr = cbase + (t_begin + local) * sq.c_tok + part * 16;
-      if (p.vec_codes) {
+      if (vec_codes) {
         v = __ldg(reinterpret_cast<const uint4*>(ptr));
       } else {
         const uint32_t* w = reinterpret_cast<const uint32_t*>(ptr);
@@ -453,19 +443,16 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
   uint4 buf[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) load(0, u, buf[u]);  // in flight while the query codes are made
-
-  for (int i = tid; i < R * p.bins; i += kThreads) hist[i] = 0;
+  for (int i = tid; i < R * bins; i += kThreads) hist[i] = 0;
   if (warp < G) encode_query<D>(p, b, kvh * G + warp, qw_s + warp * W);
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
-  uint32_t qw[G][4], qp[G][4];
+  LaneCodes qc[G];
 #pragma unroll
-  for (int g = 0; g < G; ++g)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) qw[g][i] = qw_s[g * W + part * 4 + i], qp[g][i] = therm_pack(qw[g][i]);
-
-  int64_t s0, tail;
-  middle(n, p.sink, p.window, s0, tail);
+  for (int g = 0; g < G; ++g) {
+    const uint32_t* w = qw_s + g * W + part * 4;
+    qc[g] = lane_codes(w[0], w[1], w[2], w[3]);
+  }
   const int64_t iters = (len + int64_t(U) * TPI - 1) / (int64_t(U) * TPI);
   for (int64_t it = 0; it < iters; ++it) {
     if (it > 0) {
@@ -474,16 +461,11 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t wk[4] = {buf[u].x, buf[u].y, buf[u].z, buf[u].w};
-      uint32_t pk[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) pk[i] = therm_pack(wk[i]);
+      const LaneCodes kc = lane_codes(buf[u].x, buf[u].y, buf[u].z, buf[u].w);
       int d[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        d[g] = 0;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) d[g] += word_l1(qp[g][i], qw[g][i], pk[i], wk[i]);
+        d[g] = lane_l1(qc[g], kc);
 #pragma unroll
         for (int o = 1; o < LPT; o *= 2) d[g] += __shfl_xor_sync(0xffffffffu, d[g], o);
       }
@@ -500,13 +482,194 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
         } else {
 #pragma unroll
           for (int g = 0; g < G; ++g) {
-            dist[g * p.tmax + local] = uint16_t(d[g]);
-            if (mid) atomicAdd(&hist[g * p.bins + d[g]], 1u);
+            dist[g * tmax + local] = uint16_t(d[g]);
+            if (mid) atomicAdd(&hist[g * bins + d[g]], 1u);
           }
         }
       }
     }
   }
+}
+
+// Compaction of a block's tokens [t_begin, t_begin + len) for its R rows (distances in dist[R][tmax]): kept tokens
+// (forced, or middle below cut[r]) and the ties past the first skip[r] of the row go to their ranks in the row's
+// output; pre[r] = kept and tie tokens of the row before this block. Warp w takes row w / (8 / R) and a contiguous
+// segment of it, 8 tokens per lane per step (one 16-byte read of distances): a count pass, one block barrier, a
+// placement pass (v4; v3 scanned the whole block per 4096 tokens, two barriers each).
+template <int R>
+__device__ void compact_rows(const uint16_t* dist, int tmax, int len, int64_t t_begin, int64_t s0, int64_t tail,
+                             const int* cut, const int* skip, const uint32_t (*pre)[2], int32_t* out_row0,
+                             int64_t cap) {
+  constexpr int kWarps = kThreads / 32;
+  static_assert(R >= 1 && R <= kWarps && kWarps % R == 0, "rows per block");
+  constexpr int SPR = kWarps / R;  // segments (warps) per row
+  __shared__ uint32_t wcnt[kWarps][2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = warp / SPR, s = warp % SPR;
+  const int groups = (len + 7) / 8, gps = (groups + SPR - 1) / SPR;
+  const int g0 = min(groups, s * gps), g1 = min(groups, g0 + gps);
+  const uint16_t* drow = dist + int64_t(r) * tmax;
+  const int c = cut[r];
+  // 2 bits per token of the group of 8 at g: 1 = kept, 2 = tie; counts added to a and e.
+  auto kinds = [&](int g, uint32_t& a, uint32_t& e) {
+    const uint4 v = *reinterpret_cast<const uint4*>(drow + g * 8);
+    const uint16_t* dv = reinterpret_cast<const uint16_t*>(&v);
+    uint32_t kind = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int i = g * 8 + j;
+      const int64_t t = t_begin + i;
+      const bool mid = t >= s0 && t < tail;
+      const bool keep = i < len && (!mid || int(dv[j]) < c);
+      const bool tie = i < len && mid && int(dv[j]) == c;
+      kind |= (keep ? 1u : tie ? 2u : 0u) << (2 * j);
+      a += keep, e += tie;
+    }
+    return kind;
+  };
+  uint32_t a = 0, e = 0;
+  for (int g = g0 + lane; g < g1; g += 32) kinds(g, a, e);
+  uint32_t ae = a | (e << 16);  // < 2^16 each: len <= 32767
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) ae += __shfl_xor_sync(0xffffffffu, ae, o);
+  if (lane == 0) wcnt[warp][0] = ae & 0xffffu, wcnt[warp][1] = ae >> 16;
+  __syncthreads();
+  uint32_t ca = pre[r][0], ce = pre[r][1];
+  for (int w = r * SPR; w < warp; ++w) ca += wcnt[w][0], ce += wcnt[w][1];
+  int32_t* out = out_row0 + int64_t(r) * cap;
+  const uint32_t sk = uint32_t(skip[r]);
+  for (int gb = g0; gb < g1; gb += 32) {
+    const int g = gb + lane;
+    uint32_t ka = 0, ke = 0;
+    const uint32_t kind = g < g1 ? kinds(g, ka, ke) : 0u;
+    const uint32_t v = ka | (ke << 16);
+    uint32_t incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const uint32_t ex = incl - v, tot = __shfl_sync(0xffffffffu, incl, 31);
+    uint32_t ab = ca + (ex & 0xffffu), eb = ce + (ex >> 16);
+    if (kind) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const uint32_t k = (kind >> (2 * j)) & 3u;
+        const int32_t t = int32_t(t_begin + g * 8 + j);
+        if (k == 1) {
+          out[ab + (eb > sk ? eb - sk : 0)] = t;
+          ++ab;
+        } else if (k == 2) {
+          if (eb >= sk) out[ab + eb - sk] = t;
+          ++eb;
+        }
+      }
+    }
+    ca += tot & 0xffffu, ce += tot >> 16;
+  }
+}
+
+// ---- v2: fused estimate + cut-off + compaction, one launch, one cluster per (sequence, KV head) --------------
+// A cluster of C blocks covers one (sequence, KV head): block `rank` takes tokens [rank * T, rank * T + T).
+// Distances stay in the block's shared memory; the per-block histograms are reduced across the cluster through
+// distributed shared memory (each block sums a slice of the bins), the cut-off is found from the slice sums, and
+// each block compacts its own tokens after an exclusive prefix of the kept/tie counts of the lower ranks. Nothing
+// but codes (read once) and indices (written once) touches global memory; no counters, no scratch, no round trips.
+
+// What the fused (v3) and grid (v4) kernels share: the batch, the query side, the config, the output.
+struct RowSelectParams {
+  BatchDesc bd;
+  const float* q;  // [batch][n_heads][D]
+  int n_heads, kv_heads, units;
+  const Thr* qthr;
+  Thr cfg_thr;
+  float hscale;
+  int budget, sink, window;
+  int bins;  // histogram bins
+  int tmax;  // tokens per block (max over the batch), multiple of 8
+  int vec_codes;
+  int32_t* idx;  // [batch][units][cap]
+  int64_t cap;
+  int32_t* counts;  // [batch][units]
+  unsigned long long* stamps;  // phase stamps (profiling builds), or null
+};
+
+struct FusedParams : RowSelectParams {
+  int slice_bins;  // bins per cluster rank in the reduction
+};
+
+__device__ __forceinline__ uint32_t block_sum(uint32_t v, uint32_t* warp_sums) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  uint32_t all = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) all += warp_sums[w];
+  return all;
+}
+
+// Warp-wide: the cut-off in `bins` consecutive histogram bins h (bin ids first_bin + i), `before` tokens below
+// them: the first bin where the inclusive count reaches `need` (need == 0: the first bin, taking none of its
+// ties, as on the CPU). Lane 0 writes the cut and the number of its ties to drop (the oldest). The caller knows the
+// cut lies in these bins.
+__device__ __forceinline__ void find_cut(const uint32_t* h, int bins, int64_t before, int64_t need, int first_bin,
+                                         int* cut, int* skip) {
+  const int lane = threadIdx.x & 31;
+  for (int base = 0; base < bins; base += 32) {
+    const uint32_t v = base + lane < bins ? h[base + lane] : 0u;
+    uint32_t c = v;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, c, o);
+      if (lane >= o) c += y;
+    }
+    const uint32_t ok = __ballot_sync(0xffffffffu, before + int64_t(c) >= need);
+    if (ok) {
+      const int f = __ffs(ok) - 1;
+      const int64_t below = before + int64_t(__shfl_sync(0xffffffffu, c, f)) - __shfl_sync(0xffffffffu, v, f);
+      const int ties = int(__shfl_sync(0xffffffffu, v, f));
+      if (lane == 0) *cut = first_bin + base + f, *skip = ties - int(need - below);
+      return;
+    }
+    before += __shfl_sync(0xffffffffu, c, 31);
+  }
+}
+
+template <int D, int G, bool SHARED>
+__global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_constant__ FusedParams p) {
+  namespace cg = cooperative_groups;
+  constexpr int W = D / 16;        // 32-bit code words per key
+  constexpr int R = SHARED ? 1 : G;
+  constexpr int kWarps = kThreads / 32;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int b = blockIdx.z, kvh = blockIdx.y;
+  const int64_t n = p.bd.seq[b].n;
+  int64_t t_begin;
+  const int len = block_tokens(n, C, rank, &t_begin);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // first output row of this block
+  ADAMAS_STAMP(p.stamps, 0);
+
+  if (n <= p.budget) {  // keep everything (the whole cluster takes this branch: no cluster barriers)
+    keep_all<R>(t_begin, len, n, rank == 0, p.idx + row0 * p.cap, p.cap, p.counts + row0);
+    return;
+  }
+
+  extern __shared__ __align__(16) uint32_t smem[];
+  uint32_t* hist = smem;                          // [R][bins]
+  uint32_t* tot = hist + R * p.bins;              // [R][slice_bins]: this rank's slice of the cluster's histogram
+  uint32_t* qw_s = tot + R * p.slice_bins;        // [G][W] query code words
+  uint16_t* dist = reinterpret_cast<uint16_t*>(smem + dist_offset_words(R * (p.bins + p.slice_bins) + G * W));
+  __shared__ uint32_t ssum[R], cnt[R][2], pre[R][2];
+  __shared__ int s_cut[R], s_skip[R];
+
+  int64_t s0, tail;
+  middle(n, p.sink, p.window, s0, tail);
+  distance_pass<D, G, SHARED>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, hist);
   ADAMAS_STAMP(p.stamps, 2);
   cluster.sync();  // every block's histogram is complete
   ADAMAS_STAMP(p.stamps, 3);
@@ -544,31 +707,14 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
     }
     const uint32_t hit = __ballot_sync(0xffffffffu, lane < C && int64_t(incl) >= need);
     const int j = __ffs(hit) - 1;  // the slice holding the cut (exists: the middle has more than `need` tokens)
-    int64_t before = int64_t(__shfl_sync(0xffffffffu, incl, j)) - __shfl_sync(0xffffffffu, v, j);
-    const uint32_t* rt = cluster.map_shared_rank(tot, j) + r * S;
-    for (int base = 0; base < S; base += 32) {
-      const uint32_t h = base + lane < S ? rt[base + lane] : 0u;
-      uint32_t c = h;
-#pragma unroll
-      for (int o = 1; o < 32; o *= 2) {
-        const uint32_t y = __shfl_up_sync(0xffffffffu, c, o);
-        if (lane >= o) c += y;
-      }
-      const uint32_t ok = __ballot_sync(0xffffffffu, before + int64_t(c) >= need);
-      if (ok) {
-        const int f = __ffs(ok) - 1;
-        const int64_t below = before + int64_t(__shfl_sync(0xffffffffu, c, f)) - __shfl_sync(0xffffffffu, h, f);
-        const int ties = int(__shfl_sync(0xffffffffu, h, f));
-        if (lane == 0) s_cut[r] = j * S + base + f, s_skip[r] = ties - int(need - below);
-        break;
-      }
-      before += __shfl_sync(0xffffffffu, c, 31);
-    }
+    const int64_t before = int64_t(__shfl_sync(0xffffffffu, incl, j)) - __shfl_sync(0xffffffffu, v, j);
+    find_cut(cluster.map_shared_rank(tot, j) + r * S, S, before, need, j * S, &s_cut[r], &s_skip[r]);
   }
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 5);
 
   // This block's kept (forced or below the cut) and tie counts per row.
+  __shared__ uint32_t warp_sums[kWarps];
   for (int r = 0; r < R; ++r) {
     const int cut = s_cut[r];
     uint32_t a = 0, e = 0;
@@ -596,49 +742,138 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
   }
   cluster.barrier_arrive();  // done reading other blocks' shared memory (they may exit once all arrive)
   __syncthreads();
-
-  // Compaction of this block's tokens, in rounds of kThreads x 16 consecutive tokens.
-  for (int r = 0; r < R; ++r) {
-    const int cut = s_cut[r];
-    const uint32_t skip = uint32_t(s_skip[r]);
-    int32_t* out = p.idx + (row0 + r) * p.cap;
-    uint32_t carry_a = pre[r][0], carry_e = pre[r][1];
-    for (int base = 0; base < len; base += kThreads * 16) {
-      const int first = base + tid * 16;
-      uint32_t kind = 0, a_cnt = 0, e_cnt = 0;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int i = first + j;
-        if (i < len) {
-          const int64_t t = t_begin + i;
-          const bool mid = t >= s0 && t < tail;
-          const int dv = dist[r * p.tmax + i];
-          const bool keep = !mid || dv < cut;
-          const bool tie = mid && dv == cut;
-          kind |= (keep ? 1u : tie ? 2u : 0u) << (2 * j);
-          a_cnt += keep, e_cnt += tie;
-        }
-      }
-      uint32_t total;
-      const uint32_t ex = block_exclusive_scan(a_cnt | (e_cnt << 16), warp_sums, total);
-      uint32_t a_before = carry_a + (ex & 0xffffu), ties_before = carry_e + (ex >> 16);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const uint32_t k = (kind >> (2 * j)) & 3u;
-        const int32_t t = int32_t(t_begin + first + j);
-        if (k == 1) {
-          out[a_before + (ties_before > skip ? ties_before - skip : 0)] = t;
-          ++a_before;
-        } else if (k == 2) {
-          if (ties_before >= skip) out[a_before + ties_before - skip] = t;
-          ++ties_before;
-        }
-      }
-      carry_a += total & 0xffffu, carry_e += total >> 16;
-    }
-    if (rank == 0 && tid == 0) p.counts[row0 + r] = int32_t(p.budget);
-  }
+  compact_rows<R>(dist, p.tmax, len, t_begin, s0, tail, s_cut, s_skip, pre, p.idx + row0 * p.cap, p.cap);
+  if (rank == 0 && tid == 0)
+    for (int r = 0; r < R; ++r) p.counts[row0 + r] = int32_t(p.budget);
   cluster.barrier_wait();
+  ADAMAS_STAMP(p.stamps, 7);
+}
+
+// ---- v4: one launch, no clusters: P blocks per (sequence, KV head), one barrier through L2 ----------------------
+// v3's clusters could not cover the GPU evenly (GPC fragmentation: 30 resident clusters of 8; MHA ran 224 blocks on
+// 132 SMs, GQA 128 blocks of which some shared an SM) and needed three cluster barriers. Here the P blocks of a
+// (sequence, KV head) are plain blocks of a cooperative launch (all resident: P = blocks per SM x SMs / units).
+// After its distance pass a block publishes its cumulative middle counts per row (cum[bin] = tokens below bin) and
+// adds its histogram into the row's histogram in L2; one arrival barrier per (sequence, KV head); then every block
+// finds the cut-off of its rows from the row histogram and its prefix (kept and tie tokens of the lower ranks) from
+// the lower ranks' cumulative counts at the cut: no second or third barrier. The row histograms alternate between
+// two buffers by the barrier's generation; each launch clears the buffer that the next one will use.
+
+struct GridParams : RowSelectParams {
+  int P;  // blocks per (sequence, KV head)
+  uint32_t* cum;  // [batch][units][P][bins + 1]
+  uint32_t* total;  // [2][batch][units][bins] row histograms by generation parity; the next one zero
+  int64_t total_half;
+  uint32_t* bar;  // [batch][kv_heads][2]: arrivals (zero between launches), generation
+};
+
+template <int D, int G, bool SHARED>
+__global__ void __launch_bounds__(kThreads, 2) grid_select_kernel(const __grid_constant__ GridParams p) {
+  constexpr int W = D / 16;
+  constexpr int R = SHARED ? 1 : G;
+  constexpr int kWarps = kThreads / 32;
+  const int P = p.P, rank = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int64_t n = p.bd.seq[b].n;
+  int64_t t_begin;
+  const int len = block_tokens(n, P, rank, &t_begin);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);
+  ADAMAS_STAMP(p.stamps, 0);
+  if (n <= p.budget) {  // every block of this (sequence, KV head) takes this branch: no barrier
+    keep_all<R>(t_begin, len, n, rank == 0, p.idx + row0 * p.cap, p.cap, p.counts + row0);
+    return;
+  }
+
+  extern __shared__ __align__(16) uint32_t smem[];
+  uint32_t* hist = smem;               // [R][bins]: this block's, then (after the barrier) the rows'
+  uint32_t* qw_s = hist + R * p.bins;  // [G][W] query code words
+  uint16_t* dist = reinterpret_cast<uint16_t*>(smem + dist_offset_words(R * p.bins + G * W));  // [R][tmax]
+  __shared__ uint32_t s_gen, warp_sums[kWarps], pre[R][2];
+  __shared__ int s_cut[R], s_skip[R];
+  uint32_t* bar = p.bar + (int64_t(b) * p.kv_heads + kvh) * 2;
+  if (tid == 0) s_gen = *reinterpret_cast<volatile uint32_t*>(bar + 1);  // before this block arrives
+
+  int64_t s0, tail;
+  middle(n, p.sink, p.window, s0, tail);
+  distance_pass<D, G, SHARED>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, hist);
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 2);
+
+  // Publish: cumulative middle counts per row, and the histogram added into the row's (generation parity).
+  const uint32_t gen = s_gen, parity = gen & 1u;
+  uint32_t* tot = p.total + parity * p.total_half + row0 * p.bins;
+  const int seg = (p.bins + kThreads) / kThreads;  // bins + 1 entries per row
+  for (int r = 0; r < R; ++r) {
+    const uint32_t* h = hist + r * p.bins;
+    const int lo = min(p.bins + 1, tid * seg), hi = min(p.bins + 1, lo + seg);
+    uint32_t mine = 0;
+    for (int i = lo; i < min(hi, p.bins); ++i) mine += h[i];
+    uint32_t all;
+    uint32_t c = block_exclusive_scan(mine, warp_sums, all);
+    uint32_t* cum = p.cum + ((row0 + r) * P + rank) * (p.bins + 1);
+    for (int i = lo; i < hi; ++i) {
+      cum[i] = c;
+      if (i < p.bins) {
+        const uint32_t v = h[i];
+        if (v) atomicAdd(tot + r * p.bins + i, v);
+        c += v;
+      }
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 3);
+  if (tid == 0) {  // arrival barrier of the P blocks of (b, kvh); the last one resets the count, bumps the generation
+    if (atomicAdd(bar, 1u) == uint32_t(P - 1)) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicExch(bar + 1, gen + 1);
+    } else {
+      while (*reinterpret_cast<volatile uint32_t*>(bar + 1) == gen) __nanosleep(32);
+    }
+    __threadfence();
+  }
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 4);
+
+  // The rows' histograms into shared memory; this block's share of the other buffer cleared for the next launch.
+  for (int i = tid; i < R * p.bins; i += kThreads) hist[i] = __ldcg(tot + i);
+  {
+    uint32_t* other = p.total + (parity ^ 1u) * p.total_half + row0 * p.bins;
+    const int S = (p.bins + P - 1) / P;
+    for (int i = tid; i < R * S; i += kThreads) {
+      const int r = i / S, bin = rank * S + i % S;
+      if (bin < p.bins) other[r * p.bins + bin] = 0;
+    }
+  }
+  __syncthreads();
+  // Warp r: the cut-off of row r, then the kept and tie tokens of the lower ranks (their counts below the cut and
+  // at it) plus the forced tokens before this block.
+  const int64_t need = int64_t(p.budget) - s0 - (n - tail);  // >= 0, < the middle's size
+  if (warp < R) {
+    const int r = warp;
+    find_cut(hist + r * p.bins, p.bins, 0, need, 0, &s_cut[r], &s_skip[r]);
+    __syncwarp();
+    const int cut = s_cut[r];
+    uint32_t a = 0, e = 0;
+    for (int j = lane; j < rank; j += 32) {
+      const uint32_t* cj = p.cum + ((row0 + r) * P + j) * (p.bins + 1);
+      const uint32_t below = __ldcg(cj + cut), upto = __ldcg(cj + cut + 1);
+      a += below, e += upto - below;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+      a += __shfl_xor_sync(0xffffffffu, a, o);
+      e += __shfl_xor_sync(0xffffffffu, e, o);
+    }
+    const int64_t forced = min(t_begin, s0) + max(int64_t(0), t_begin - tail);
+    if (lane == 0) pre[r][0] = a + uint32_t(forced), pre[r][1] = e;
+  }
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 5);
+  compact_rows<R>(dist, p.tmax, len, t_begin, s0, tail, s_cut, s_skip, pre, p.idx + row0 * p.cap, p.cap);
+  if (rank == 0 && tid == 0)
+    for (int r = 0; r < R; ++r) p.counts[row0 + r] = int32_t(p.budget);
   ADAMAS_STAMP(p.stamps, 7);
 }
 
@@ -738,39 +973,65 @@ bool launch_fused_t(const FusedParams& p, int C, size_t smem, dim3 grid, cudaStr
   return true;
 }
 
-template <int D>
-int max_clusters_d(int G, bool shared, int C, size_t smem) {
+// Calls f.template operator()<D, G, SHARED>() for a runtime (D, G, shared) (G = 1 is never shared).
+template <int D, class F>
+decltype(auto) dispatch_gs(int G, bool shared, F&& f) {
   switch (G) {
-    case 1: return max_clusters_t<D, 1, false>(C, smem);
-    case 2: return shared ? max_clusters_t<D, 2, true>(C, smem) : max_clusters_t<D, 2, false>(C, smem);
-    case 4: return shared ? max_clusters_t<D, 4, true>(C, smem) : max_clusters_t<D, 4, false>(C, smem);
-    case 8: return shared ? max_clusters_t<D, 8, true>(C, smem) : max_clusters_t<D, 8, false>(C, smem);
+    case 1: return f.template operator()<D, 1, false>();
+    case 2: return shared ? f.template operator()<D, 2, true>() : f.template operator()<D, 2, false>();
+    case 4: return shared ? f.template operator()<D, 4, true>() : f.template operator()<D, 4, false>();
+    default: return shared ? f.template operator()<D, 8, true>() : f.template operator()<D, 8, false>();
   }
-  return 0;
+}
+template <class F>
+decltype(auto) dispatch_dgs(int D, int G, bool shared, F&& f) {
+  switch (D) {
+    case 64: return dispatch_gs<64>(G, shared, f);
+    case 128: return dispatch_gs<128>(G, shared, f);
+    default: return dispatch_gs<256>(G, shared, f);
+  }
 }
 
-template <int D>
-bool launch_fused_d(int G, bool shared, const FusedParams& p, int C, size_t smem, dim3 grid, cudaStream_t s) {
-  switch (G) {
-    case 1: return launch_fused_t<D, 1, false>(p, C, smem, grid, s);
-    case 2: return shared ? launch_fused_t<D, 2, true>(p, C, smem, grid, s) : launch_fused_t<D, 2, false>(p, C, smem, grid, s);
-    case 4: return shared ? launch_fused_t<D, 4, true>(p, C, smem, grid, s) : launch_fused_t<D, 4, false>(p, C, smem, grid, s);
-    case 8: return shared ? launch_fused_t<D, 8, true>(p, C, smem, grid, s) : launch_fused_t<D, 8, false>(p, C, smem, grid, s);
+// ---- v4 host side ----
+constexpr size_t kGridSmemMax = 200 * 1024;
+
+// Blocks of grid_select_kernel<D, G, SH> resident per SM at `smem` bytes of dynamic shared memory; cached.
+template <int D, int G, bool SH>
+int grid_occupancy_t(size_t smem) {
+  static std::mutex mu;
+  static std::map<size_t, int> cache;
+  static bool attr = false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(smem); it != cache.end()) return it->second;
+  if (!attr) {
+    check_cuda(cudaFuncSetAttribute(grid_select_kernel<D, G, SH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kGridSmemMax)), "grid select smem attribute");
+    attr = true;
   }
-  return false;
+  int v = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, grid_select_kernel<D, G, SH>, kThreads, smem),
+             "grid select occupancy");
+  cache[smem] = v;
+  return v;
 }
 
-// Selection path: ADAMAS_CUDA_SELECT=v1 forces the two-launch path, =fused:C the fused one with clusters of C
-// (tests); unset: fused when its shared memory fits, else v1.
+size_t grid_smem(int D, int G, int R, int bins, int tmax) {
+  return size_t(dist_offset_words(R * bins + G * (D / 16))) * 4 + size_t(R) * size_t(tmax) * 2;
+}
+
+// Selection path: ADAMAS_CUDA_SELECT=v1 forces the two-launch path, =fused:C the cluster kernel (v3) with clusters
+// of C, =grid:P the grid kernel (v4) with P blocks per (sequence, KV head) (tests); unset: grid when all its blocks
+// are resident with P >= 2, else fused when its shared memory fits, else v1.
 struct SelectPath {
   bool v1 = false;
-  int force_c = 0;
+  int force_c = 0, force_p = 0;
 };
 SelectPath select_path() {
   SelectPath sp;
   if (const char* e = std::getenv("ADAMAS_CUDA_SELECT")) {
     if (std::strcmp(e, "v1") == 0) sp.v1 = true;
     else if (std::strncmp(e, "fused:", 6) == 0) sp.force_c = std::atoi(e + 6);
+    else if (std::strncmp(e, "grid:", 5) == 0) sp.force_p = std::atoi(e + 5);
   }
   return sp;
 }
@@ -778,7 +1039,105 @@ SelectPath select_path() {
 size_t fused_smem(int D, int G, int R, int bins, int C, int64_t n_max, int64_t* tmax, int* slice_bins) {
   *tmax = ((n_max + C - 1) / C + 7) / 8 * 8;
   *slice_bins = (bins + C - 1) / C;
-  return size_t(R * bins + R * *slice_bins + G * (D / 16)) * 4 + size_t(R) * size_t(*tmax) * 2;
+  return size_t(dist_offset_words(R * bins + R * *slice_bins + G * (D / 16))) * 4 + size_t(R) * size_t(*tmax) * 2;
+}
+
+// The longest sequence of a batch chunk; returns whether all its codes allow 16-byte loads.
+bool scan_chunk(const BatchDesc& bd, int64_t* n_max) {
+  bool vec = true;
+  *n_max = 0;
+  for (int i = 0; i < bd.batch; ++i) {
+    const SeqDesc& s = bd.seq[i];
+    *n_max = std::max(*n_max, s.n);
+    vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
+  }
+  return vec;
+}
+
+// The shared parameters of the fused and grid kernels.
+void fill_row_params(RowSelectParams& p, const BatchDesc& bd, const float* q, int kvh, int n_heads, int units,
+                     const AttentionConfig& config, const Thr* qthr, float hscale, int bins, int64_t tmax, bool vec,
+                     int32_t* idx, int64_t cap, int32_t* counts) {
+  p.bd = bd;
+  p.q = q;
+  p.n_heads = n_heads, p.kv_heads = kvh, p.units = units;
+  p.qthr = qthr;
+  p.cfg_thr = {config.thresholds.t0, config.thresholds.t1, config.thresholds.t2};
+  p.hscale = hscale;
+  p.budget = int(config.budget), p.sink = int(config.sink), p.window = int(config.window);
+  p.bins = bins, p.tmax = int(tmax), p.vec_codes = vec;
+  p.idx = idx, p.cap = cap, p.counts = counts;
+  p.stamps = stamp_buffer(0);
+}
+
+// Tries the grid path (v4) for one batch chunk; false: use another path.
+bool try_grid(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads, bool shared, int units,
+              const AttentionConfig& config, const Thr* qthr, float hscale, Workspace::State& S, int32_t* idx,
+              int64_t cap, int32_t* counts, cudaStream_t stream) {
+  const SelectPath sp = select_path();
+  if (sp.v1 || sp.force_c > 0) return false;
+  const int G = n_heads / kvh, R = shared ? 1 : G;
+  const int bins = 3 * D * (shared ? G : 1) + 1;
+  int64_t n_max = 0;
+  const bool vec = scan_chunk(bd, &n_max);
+  const int64_t groups = int64_t(bd.batch) * kvh;  // (sequence, KV head) pairs: P blocks each
+  int P = 0, tmax = 0;
+  size_t smem = 0;
+  for (int occ_target = 2; occ_target >= 1 && P == 0; --occ_target) {
+    int p = sp.force_p > 0 ? sp.force_p : int(std::min<int64_t>(int64_t(occ_target) * S.sms / groups, 1024));
+    if (sp.force_p == 0) p = int(std::min<int64_t>(p, std::max<int64_t>(1, (n_max + 255) / 256)));  // >= 256 tokens
+    if (p < (sp.force_p > 0 ? 1 : 2)) continue;
+    const int64_t t = ((n_max + p - 1) / p + 7) / 8 * 8;
+    if (t > 32767) continue;
+    const size_t sm = grid_smem(D, G, R, bins, int(t));
+    if (sm > kGridSmemMax) continue;
+    const int occ = dispatch_dgs(D, G, shared, [&]<int DD, int GG, bool SH>() { return grid_occupancy_t<DD, GG, SH>(sm); });
+    if (groups * p > int64_t(occ) * S.sms || (sp.force_p == 0 && occ < occ_target)) continue;
+    P = p, tmax = int(t), smem = sm;
+  }
+  if (P == 0) return false;
+  // Scratch: cumulative counts (overwritten by every launch), row histograms by parity and barriers (persistent:
+  // zero when the layout changes or the buffers grow). Every chunk of a batch uses the same scratch (stream order).
+  const size_t cum_bytes = size_t(bd.batch) * units * P * (bins + 1) * 4;
+  const size_t total_bytes = 2 * size_t(bd.batch) * units * bins * 4, bar_bytes = size_t(bd.batch) * kvh * 2 * 4;
+  ensure(&S.gcum, &S.gcum_bytes, cum_bytes, false);
+  const bool grow = total_bytes > S.gtotal_bytes || bar_bytes > S.gbar_bytes;
+  ensure(&S.gtotal, &S.gtotal_bytes, total_bytes, true);
+  ensure(&S.gbar, &S.gbar_bytes, bar_bytes, true);
+  const int64_t key[3] = {units, bins, kvh};
+  if (grow || !std::equal(key, key + 3, S.grid_key)) {
+    check_cuda(cudaMemsetAsync(S.gtotal, 0, S.gtotal_bytes, stream), "cuda::select: grid scratch reset");
+    check_cuda(cudaMemsetAsync(S.gbar, 0, S.gbar_bytes, stream), "cuda::select: grid scratch reset");
+    std::copy(key, key + 3, S.grid_key);
+  }
+  GridParams p{};
+  fill_row_params(p, bd, q, kvh, n_heads, units, config, qthr, hscale, bins, tmax, vec, idx, cap, counts);
+  p.P = P;
+  p.cum = S.gcum;
+  p.total = S.gtotal;
+  p.total_half = int64_t(S.gtotal_bytes / 8);  // half the buffer (u32): fixed until it grows, which resets it
+  p.bar = S.gbar;
+  const dim3 grid(unsigned(P), unsigned(kvh), unsigned(bd.batch));
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (launch_verbose()) {
+    char line[256];
+    std::snprintf(line, sizeof line, "[adamas] grid select D=%d G=%d shared=%d: grid %ux%ux%u (P=%d, %d tokens per "
+                  "block), smem %zu B\n", D, G, int(shared), grid.x, grid.y, grid.z, P, tmax, smem);
+    verbose_print(line);
+  }
+  dispatch_dgs(D, G, shared, [&]<int DD, int GG, bool SH>() {
+    check_cuda(cudaLaunchKernelEx(&cfg, grid_select_kernel<DD, GG, SH>, p), "grid select launch");
+  });
+  return true;
 }
 
 // Tries the fused path for one batch chunk; false: use v1.
@@ -790,12 +1149,7 @@ bool try_fused(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads,
   const int G = n_heads / kvh, R = shared ? 1 : G;
   const int bins = 3 * D * (shared ? G : 1) + 1;
   int64_t n_max = 0;
-  bool vec = true;
-  for (int i = 0; i < bd.batch; ++i) {
-    const SeqDesc& s = bd.seq[i];
-    n_max = std::max(n_max, s.n);
-    vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
-  }
+  const bool vec = scan_chunk(bd, &n_max);
   int64_t tmax = 0;
   int slice_bins = 0;
   auto fits = [&](int c) {
@@ -811,12 +1165,8 @@ bool try_fused(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads,
     for (int c = 16; c >= 1 && C == 0; --c) {
       if (!fits(c) || clusters * c > 2 * int64_t(sms)) continue;
       const size_t smem = fused_smem(D, G, R, bins, c, n_max, &tmax, &slice_bins);
-      int fit = 0;
-      switch (D) {
-        case 64: fit = max_clusters_d<64>(G, shared, c, smem); break;
-        case 128: fit = max_clusters_d<128>(G, shared, c, smem); break;
-        case 256: fit = max_clusters_d<256>(G, shared, c, smem); break;
-      }
+      const int fit =
+          dispatch_dgs(D, G, shared, [&]<int DD, int GG, bool SH>() { return max_clusters_t<DD, GG, SH>(c, smem); });
       if (fit >= clusters) C = c;
     }
     if (C == 0) {  // large batches: several waves whatever the size; v2's rule
@@ -828,24 +1178,12 @@ bool try_fused(const BatchDesc& bd, const float* q, int D, int kvh, int n_heads,
   for (;;) {
     if (!fits(C)) return false;
     FusedParams p{};
-    p.bd = bd;
-    p.q = q;
-    p.n_heads = n_heads, p.kv_heads = kvh, p.units = units;
-    p.qthr = qthr;
-    p.cfg_thr = {config.thresholds.t0, config.thresholds.t1, config.thresholds.t2};
-    p.hscale = hscale;
-    p.budget = int(config.budget), p.sink = int(config.sink), p.window = int(config.window);
-    p.bins = bins, p.slice_bins = slice_bins, p.tmax = int(tmax), p.vec_codes = vec;
-    p.idx = idx, p.cap = cap, p.counts = counts;
-    p.stamps = stamp_buffer(0);
+    fill_row_params(p, bd, q, kvh, n_heads, units, config, qthr, hscale, bins, tmax, vec, idx, cap, counts);
+    p.slice_bins = slice_bins;
     const size_t smem = fused_smem(D, G, R, bins, C, n_max, &tmax, &slice_bins);
     const dim3 grid(unsigned(C), unsigned(kvh), unsigned(bd.batch));
-    bool ok = false;
-    switch (D) {
-      case 64: ok = launch_fused_d<64>(G, shared, p, C, smem, grid, stream); break;
-      case 128: ok = launch_fused_d<128>(G, shared, p, C, smem, grid, stream); break;
-      case 256: ok = launch_fused_d<256>(G, shared, p, C, smem, grid, stream); break;
-    }
+    const bool ok = dispatch_dgs(
+        D, G, shared, [&]<int DD, int GG, bool SH>() { return launch_fused_t<DD, GG, SH>(p, C, smem, grid, stream); });
     if (ok) return true;
     if (C <= 8) return false;
     C = 8;  // 16-block clusters not resident here
@@ -898,6 +1236,10 @@ SelectionView select(const BatchInputs& in, const AttentionConfig& config, Works
   for (size_t c = 0; c < chunks.size(); ++c) {
     const BatchDesc& bd = chunks[c];
     const int64_t b0 = int64_t(c) * kMaxBatch;
+    if (try_grid(bd, in.q + b0 * n_heads * D, D, kvh, n_heads, shared, units, config,
+                 reinterpret_cast<const Thr*>(in.query_thresholds), hscale, S, S.idx + b0 * units * cap, cap,
+                 S.counts + b0 * units, stream))
+      continue;
     if (try_fused(bd, in.q + b0 * n_heads * D, D, kvh, n_heads, shared, units, config,
                   reinterpret_cast<const Thr*>(in.query_thresholds), hscale, S.sms, S.idx + b0 * units * cap, cap,
                   S.counts + b0 * units, stream))
