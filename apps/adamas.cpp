@@ -111,8 +111,40 @@ int main(int argc, char** argv) {
   demo_op->add_option("--seed", da.seed, "random seed")->capture_default_str();
   demo_op->add_option("--json", da.json, "also write the results as JSON to this file");
 
+  EvalArgs ea;
+  auto* eval = app.add_subcommand("eval", "accuracy: passkey, perplexity, RULER-style tasks, attention recall");
+  eval->add_option("task", ea.task, "passkey | ppl | ruler | recall")->required();
+  eval->add_option("-m,--model", ea.model, "GGUF model file (default: the SmolLM2 model of scripts/fetch-model)");
+  eval->add_option("--attn", ea.attn, "methods")->delimiter(',')->capture_default_str();
+  eval->add_option("--budgets", ea.budgets, "token budgets of the sparse methods")->delimiter(',')
+      ->capture_default_str();
+  eval->add_option("--thresholds", ea.thresholds, "Adamas thresholds: fixed, calibrated")->delimiter(',')
+      ->capture_default_str();
+  eval->add_option("--group", ea.groups, "Adamas selection: per-head, shared-sum, shared-union")->delimiter(',')
+      ->capture_default_str();
+  eval->add_option("--lengths", ea.lengths, "context lengths in tokens (ppl: checkpoints)")->delimiter(',')
+      ->capture_default_str();
+  eval->add_option("--depths", ea.depths, "passkey: needle depths spread over 0-100%")->capture_default_str();
+  eval->add_option("--samples", ea.samples, "passkey: keys per depth; ruler: samples per task and length")
+      ->capture_default_str();
+  eval->add_option("--ruler-tasks", ea.ruler_tasks, "multikey, multivalue, vartrack")->delimiter(',')
+      ->capture_default_str();
+  eval->add_option("--text", ea.text, "prose file (default: per task, under data/texts)");
+  eval->add_option("--sparse-tail", ea.sparse_tail, "last prompt tokens decoded with the method")
+      ->capture_default_str();
+  eval->add_option("--recall-steps", ea.recall_steps, "recall: decode steps measured")->capture_default_str();
+  eval->add_option("--seed", ea.seed, "seed of keys, needles and text offsets")->capture_default_str();
+  eval->add_option("-t,--threads", ea.threads, "threads (0: all cores)")->capture_default_str();
+  eval->add_option("-o,--out", ea.out, "directory of <task>.jsonl/.json/.csv/.md (rows there are not redone)")
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
+    if (eval->parsed()) {
+      std::string line = "adamas";
+      for (int i = 1; i < argc; ++i) line += std::string(" ") + argv[i];
+      return eval_command(ea, line);
+    }
     if (info->parsed()) return info_path.empty() ? (print_info(), 0) : info_model(info_path);
     if (run->parsed()) return run_model(ra);
     if (battn->parsed()) return bench_attention(ba);

@@ -45,6 +45,27 @@ struct PasskeyDemoArgs {
 };
 int demo_passkey(const PasskeyDemoArgs& args);
 
+// `adamas eval <task>`: accuracy of the attention methods (apps/eval.cpp; tasks in src/eval).
+struct EvalArgs {
+  std::string task;   // passkey | ppl | ruler | recall
+  std::string model;  // empty: the default model
+  std::vector<std::string> attn{"full", "adamas", "quest", "streaming"};
+  std::vector<int64_t> budgets{64};
+  std::vector<std::string> thresholds{"fixed"};  // adamas: fixed, calibrated
+  std::vector<std::string> groups{"per-head"};   // adamas: per-head, shared-sum, shared-union
+  std::vector<int64_t> lengths{1024, 2048, 4096, 8192};
+  int64_t depths = 10;   // passkey: depths spread evenly over [0, 1]
+  int64_t samples = 1;   // passkey: keys per (length, depth); ruler: samples per (task, length)
+  std::vector<std::string> ruler_tasks{"multikey", "multivalue", "vartrack"};
+  std::string text;      // empty: the task's default text
+  int64_t sparse_tail = 100;  // last prompt tokens decoded with the method (passkey, ruler)
+  int64_t recall_steps = 16;  // recall: decode steps measured
+  uint64_t seed = 1;
+  int threads = 0;
+  std::string out = "eval-results";
+};
+int eval_command(const EvalArgs& args, const std::string& command_line);
+
 // "fixed" -> false, "calibrated" -> true; anything else is an error naming the value.
 bool parse_thresholds_mode(const std::string& mode);
 

@@ -151,6 +151,7 @@ void Session::forward(const int32_t* tokens, int64_t n, bool decode) {
       AttentionConfig ac = opt_.attention;
       if (l < opt_.dense_layers) ac.method = Method::full;
       decode_attention(in, ac, workspace_, att, &timings_);
+      if (observer_) observer_(l, q, workspace_);
     }
     matmul(w.wo, att, n, qd, h, dim);
     for (int64_t i = 0; i < n * dim; ++i) x[i] += h[i];

@@ -56,6 +56,12 @@ class Session {
   // Attention time and rows of all decode steps so far (summed over layers).
   const DecodeTimings& decode_timings() const { return timings_; }
 
+  // Called in decode() after each layer's attention, for recall studies (src/eval/recall.*): the layer, its
+  // post-RoPE queries [n_heads][head_dim], and the workspace whose last_selection() holds the rows attended. The
+  // layer's keys then span position() + 1 tokens (the new token is written, not yet committed).
+  using DecodeObserver = std::function<void(int64_t layer, const float* q, const DecodeWorkspace& workspace)>;
+  void set_decode_observer(DecodeObserver observer) { observer_ = std::move(observer); }
+
  private:
   void forward(const int32_t* tokens, int64_t n, bool decode);
   void reserve(int64_t n);
@@ -69,6 +75,7 @@ class Session {
   KvCache cache_;
   DecodeWorkspace workspace_;
   DecodeTimings timings_;
+  DecodeObserver observer_;
   int64_t n_alloc_ = 0;
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_, logits_;
 };

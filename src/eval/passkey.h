@@ -25,6 +25,9 @@ struct PasskeyPrompt {
 PasskeyPrompt make_passkey_prompt(const Tokenizer& tokenizer, std::string_view text, int64_t filler_tokens,
                                   double depth, std::string key, uint64_t seed, bool chat = true);
 
+// The filler that makes a prompt of `prompt_tokens` tokens in all (intro, needle, question and template included).
+int64_t passkey_filler_for_length(const Tokenizer& tokenizer, int64_t prompt_tokens, bool chat = true);
+
 struct PasskeyResult {
   std::string answer;    // the generated text
   bool found = false;    // the key's digits appear in the answer

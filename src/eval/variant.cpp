@@ -1,0 +1,75 @@
+#include "eval/variant.h"
+
+#include <fmt/format.h>
+
+#include "core/check.h"
+
+namespace adamas {
+
+std::string variant_name(const Variant& v) {
+  if (v.method == Method::full) return "full";
+  std::string name = method_name(v.method);
+  if (v.method == Method::adamas) {
+    if (v.calibrated) name += "-cal";
+    if (v.group != GroupSelection::per_head) name += std::string("-") + group_selection_name(v.group);
+  }
+  return fmt::format("{}-{}", name, v.budget);
+}
+
+EngineOptions engine_options(const Variant& v, int64_t context) {
+  EngineOptions o;
+  o.context = context;
+  o.attention.method = v.method;
+  // Full attention ignores the budget, but the config must still validate.
+  o.attention.budget = v.method == Method::full ? std::max<int64_t>(context, 1) : v.budget;
+  o.attention.group = v.group;
+  o.calibrate_thresholds = v.method == Method::adamas && v.calibrated;
+  return o;
+}
+
+GroupSelection parse_group_selection(const std::string& name) {
+  if (name == "shared") return GroupSelection::shared_sum;
+  for (GroupSelection g : {GroupSelection::per_head, GroupSelection::shared_sum, GroupSelection::shared_union})
+    if (name == group_selection_name(g)) return g;
+  fail(ErrorKind::invalid_argument, "unknown group selection '{}' (expected per-head, shared-sum or shared-union)",
+       name);
+}
+
+namespace {
+
+bool parse_thresholds(const std::string& mode) {
+  if (mode == "fixed") return false;
+  if (mode == "calibrated") return true;
+  fail(ErrorKind::invalid_argument, "unknown thresholds mode '{}' (expected fixed or calibrated)", mode);
+}
+
+}  // namespace
+
+std::vector<Variant> expand_variants(const VariantGrid& grid) {
+  ADAMAS_CHECK(!grid.methods.empty(), ErrorKind::invalid_argument, "no attention method given");
+  for (int64_t b : grid.budgets) ADAMAS_CHECK(b > 0, ErrorKind::invalid_argument, "budget {} (expected > 0)", b);
+  std::vector<bool> modes;
+  for (const std::string& t : grid.thresholds) modes.push_back(parse_thresholds(t));
+  std::vector<GroupSelection> groups;
+  for (const std::string& g : grid.groups) groups.push_back(parse_group_selection(g));
+  std::vector<Variant> out;
+  for (const std::string& name : grid.methods) {
+    const Method m = parse_method(name.c_str());
+    if (m == Method::full) {
+      out.push_back({Method::full, 0, false, GroupSelection::per_head});
+      continue;
+    }
+    ADAMAS_CHECK(!grid.budgets.empty(), ErrorKind::invalid_argument, "method {} needs at least one budget", name);
+    for (int64_t b : grid.budgets) {
+      if (m != Method::adamas) {
+        out.push_back({m, b, false, GroupSelection::per_head});
+        continue;
+      }
+      for (bool cal : modes)
+        for (GroupSelection g : groups) out.push_back({m, b, cal, g});
+    }
+  }
+  return out;
+}
+
+}  // namespace adamas
