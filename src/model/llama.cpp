@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "model/quant_blocks.h"
 
 namespace adamas {
 
@@ -221,12 +222,7 @@ namespace {
 // y[t][r] = W[r] . x[t] for T tokens x R rows of f32 weights (n a multiple of 8): T*R independent accumulators that,
 // with the T inputs, fit the 16 AVX registers (3 x 4: 12 + 3), so each loaded vector is used several times.
 #if defined(__AVX2__) && defined(__FMA__)
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using quant::hsum;
 
 template <int T, int R>
 void kernel(const float* w, int64_t w_stride, const float* x, int64_t x_stride, int64_t n, float* y,
@@ -254,7 +250,30 @@ constexpr bool kHaveKernel = false;
 
 }  // namespace
 
+namespace {
+
+// Weights with an integer kernel: the inputs rounded to 8 bits once (Q8 blocks), then threads over chunks of rows,
+// each chunk multiplied with all the tokens by gemm_q8's register tiles (its rows stay in L1 while tokens stream).
+void matmul_q8(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y,
+               int64_t y_stride) {
+  constexpr int64_t kRows = 16;
+  const int64_t nb = w.cols / 32, chunks = (w.rows + kRows - 1) / kRows;
+  thread_local std::vector<BlockQ8> xq;
+  if (xq.size() < size_t(n_tokens * nb)) xq.resize(size_t(n_tokens * nb));
+  BlockQ8* q = xq.data();
+#pragma omp parallel for schedule(static) if (n_tokens > 4)
+  for (int64_t t = 0; t < n_tokens; ++t) quantize_row_q8(x + t * x_stride, q + t * nb, w.cols);
+#pragma omp parallel for schedule(static) if (chunks * n_tokens * w.cols > 32768)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = c * kRows, nr = std::min(w.rows, r0 + kRows) - r0;
+    gemm_q8(w.type, w.row(r0), w.row_bytes, nr, q, nb, n_tokens, w.cols, y + r0, y_stride);
+  }
+}
+
+}  // namespace
+
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y, int64_t y_stride) {
+  if (has_q8_dot(w.type)) return matmul_q8(w, x, n_tokens, x_stride, y, y_stride);
   constexpr int64_t kRows = 16;
   const int64_t blocks = (w.rows + kRows - 1) / kRows;
   const GgmlType type = w.type;

@@ -111,7 +111,9 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 
 // y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, every row r of W (threads over rows; each weight row is read
 // once for all the tokens). x rows are W.cols floats at x_stride; y rows W.rows floats at y_stride.
-// Few tokens: quantized vec_dot per row. Eight or more: blocks of rows dequantized to f32, register-blocked FMA.
+// Block-quantized weights (has_q8_dot): x rounded to 8-bit blocks once, integer tiles of rows x tokens (gemm_q8),
+// as llama.cpp. Other types: few tokens, vec_dot per row; eight or more, blocks of rows dequantized to f32 and
+// register-blocked FMA.
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y, int64_t y_stride);
 
 // Rotates each of n_heads vectors of head_dim (contiguous) at position pos: pairs (x[2i], x[2i+1]) for

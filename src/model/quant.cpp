@@ -9,30 +9,12 @@
 
 #include "core/check.h"
 #include "core/dtype.h"
+#include "model/quant_blocks.h"
 
 namespace adamas {
 namespace {
 
-constexpr int64_t kQK = 32;    // block size of the Q4_0/Q4_1/Q8_0 family
-constexpr int64_t kQK_K = 256; // block size of the K-quants
-
-// Packed ggml blocks (all members are byte arrays or u16, so no padding).
-struct BlockQ4_0 { uint16_t d; uint8_t qs[kQK / 2]; };
-struct BlockQ4_1 { uint16_t d, m; uint8_t qs[kQK / 2]; };
-struct BlockQ8_0 { uint16_t d; int8_t qs[kQK]; };
-struct BlockQ4_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[kQK_K / 2]; };
-struct BlockQ5_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[kQK_K / 8]; uint8_t qs[kQK_K / 2]; };
-struct BlockQ6_K { uint8_t ql[kQK_K / 2]; uint8_t qh[kQK_K / 4]; int8_t scales[kQK_K / 16]; uint16_t d; };
-static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34);
-static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
-
-// Blocks are read with memcpy: rows inside a GGUF mapping need not be aligned for the block struct.
-template <class Block>
-Block load_block(const void* base, int64_t i) {
-  Block b;
-  std::memcpy(&b, static_cast<const uint8_t*>(base) + i * int64_t(sizeof(Block)), sizeof(Block));
-  return b;
-}
+using namespace quant;  // the block layouts
 
 constexpr GgmlTypeInfo kUnknown{"", 0, 0, false};
 
@@ -46,17 +28,6 @@ constexpr std::array<GgmlTypeInfo, 31> kTypes = {{
     {"I8", 1, 1, false},        {"I16", 1, 2, false},      {"I32", 1, 4, false},     {"I64", 1, 8, false},
     {"F64", 1, 8, false},       {"IQ1_M", 256, 56, false}, {"BF16", 1, 2, true},
 }};
-
-// Q4_K / Q5_K: the 6-bit scale and min of sub-block j from the 12 packed scale bytes.
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = uint8_t((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    m = uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
 
 void dequant_q4_0(const void* src, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
@@ -173,13 +144,6 @@ float dot_by_blocks(GgmlType type, const GgmlTypeInfo& info, const void* row, co
 }
 
 #if ADAMAS_QUANT_AVX2
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // 8 consecutive int8 -> 8 floats.
 inline __m256 i8x8_to_ps(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

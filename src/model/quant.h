@@ -51,4 +51,39 @@ float vec_dot(GgmlType type, const void* row, const float* x, int64_t n);
 // The scalar reference of vec_dot (same contract); the fast paths are tested against it.
 float vec_dot_ref(GgmlType type, const void* row, const float* x, int64_t n);
 
+// ---------------------------------------------------------------------------------------------------------------
+// Integer products, as llama.cpp computes them: the activations are rounded to 8 bits per block of 32 once per
+// matrix product, and each weight block is multiplied with them in integers (AVX2 maddubs/madd), one float
+// multiply-add per 32 elements. Only for the block-quantized weight types (has_q8_dot); F32/F16/BF16 weights keep
+// f32 activations.
+// ---------------------------------------------------------------------------------------------------------------
+
+// 32 activations x[i] ~ d * qs[i]; s = d * sum(qs) serves the weight types with an offset (Q4_0's -8, Q4_1's min,
+// the K-quants' mins). d is rounded to f16 like ggml's Q8_0/Q8_1 scales, so the products round as llama.cpp's.
+struct BlockQ8 {
+  float d, s;
+  int8_t qs[32];
+};
+static_assert(sizeof(BlockQ8) == 40);
+
+// Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K.
+bool has_q8_dot(GgmlType type);
+
+// x[0..n) -> n / 32 blocks (n a multiple of 32: else invalid_argument). q = round-to-nearest-even(x / d) with
+// d = max|x| / 127; the AVX2 and the scalar build give identical blocks.
+void quantize_row_q8(const float* x, BlockQ8* y, int64_t n);
+// The scalar quantizer (what builds without AVX2 run); same contract and the same blocks.
+void quantize_row_q8_ref(const float* x, BlockQ8* y, int64_t n);
+
+// y[t * y_stride + r] = row r . activations of token t, for r < n_rows weight rows (row r at w + r * row_bytes, n
+// elements each) and t < n_tokens quantized inputs (token t's blocks at x + t * x_stride). AVX2 builds multiply a
+// tile of rows by a tile of tokens in registers, so each weight block is unpacked once for several tokens.
+// Error(unsupported) for a type without has_q8_dot, invalid_argument when n is not a multiple of its block size.
+void gemm_q8(GgmlType type, const void* w, int64_t row_bytes, int64_t n_rows, const BlockQ8* x, int64_t x_stride,
+             int64_t n_tokens, int64_t n, float* y, int64_t y_stride);
+// One row times one quantized input (a 1 x 1 gemm_q8).
+float vec_dot_q8(GgmlType type, const void* row, const BlockQ8* x, int64_t n);
+// The portable scalar integer dot (what builds without AVX2 run); same contract as vec_dot_q8.
+float vec_dot_q8_ref(GgmlType type, const void* row, const BlockQ8* x, int64_t n);
+
 }  // namespace adamas

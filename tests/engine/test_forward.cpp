@@ -161,7 +161,8 @@ TEST(forward, layer_ops) {
   EXPECT_NEAR(g[1], 2.0 / (1 + std::exp(-2.0)) * 0.5, 1e-6);
 }
 
-// Both matmul paths (vec_dot for few tokens, dequantized f32 blocks for many) on Q8_0 weights, odd sizes.
+// matmul on Q8_0 weights (the integer path: 8-bit activations, rows x tokens tiles) for 1..13 tokens, odd sizes
+// and strides, against fp64 with the activations as the quantizer rounded them.
 TEST(forward, matmul_paths_match_fp64) {
   const int64_t rows = 37, cols = 96, blocks = cols / 32;
   std::mt19937 rng(3);
@@ -181,8 +182,10 @@ TEST(forward, matmul_paths_match_fp64) {
     for (int64_t r = 0; r < rows; ++r) {
       dequantize_row(GgmlType::Q8_0, w.row(r), row.data(), cols);
       for (int64_t t = 0; t < n; ++t) {
+        std::vector<BlockQ8> xq(static_cast<size_t>(blocks));
+        quantize_row_q8_ref(x.data() + t * (cols + 5), xq.data(), cols);
         double ref = 0;
-        for (int64_t c = 0; c < cols; ++c) ref += double(row[size_t(c)]) * x[size_t(t * (cols + 5) + c)];
+        for (int64_t c = 0; c < cols; ++c) ref += double(row[size_t(c)]) * xq[size_t(c / 32)].d * xq[size_t(c / 32)].qs[c % 32];
         EXPECT_NEAR(y[size_t(t * (rows + 3) + r)], ref, 1e-4) << "n " << n << " t " << t << " r " << r;
       }
     }

@@ -79,7 +79,12 @@ TEST(real_model, chat_answer) {
   Session s(L->model, o);
   GenerateOptions g;
   g.n_predict = 10;
-  const auto r = generate(s, L->tokenizer, tokenize_prompt(L->tokenizer, "What is the capital of France?", true), g);
+  // "What is the capital of France?" alone is a near-tie at the first token for this model (margin 0.1: "L'Étoile,
+  // la Marseillaise" from llama.cpp and from us with 8-bit activations); with this wording both answer "The capital
+  // of France is Paris." by a margin of 1.3.
+  const auto r = generate(
+      s, L->tokenizer,
+      tokenize_prompt(L->tokenizer, "What is the capital of France? Answer in one word.", true), g);
   const std::string text = L->tokenizer.decode(r.tokens);
   EXPECT_NE(text.find("Paris"), std::string::npos) << text;
 }

@@ -2,7 +2,9 @@
 // dot(dequantize), and every tensor of the real model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -180,6 +182,111 @@ TEST(quant, vec_dot_matches_dequantized_dot) {
       EXPECT_NEAR(vec_dot_ref(type, raw.data(), x.data(), n), dot, tol) << ggml_type_name(type) << " n=" << n;
     }
   }
+}
+
+// Random activations with a few outliers, as the real ones have (the quantizer's scale follows the block's max).
+std::vector<float> random_activations(int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& v : x) v = nd(rng);
+  for (int64_t i = 0; i < n; i += 97) x[size_t(i)] *= 20.0f;
+  return x;
+}
+
+constexpr GgmlType kIntegerTypes[] = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0,
+                                      GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+TEST(quant, q8_activations_round_to_nearest) {
+  std::mt19937 rng(11);
+  const int64_t n = 1536;
+  const auto x = random_activations(n, rng);
+  std::vector<BlockQ8> fast(size_t(n / 32)), ref(size_t(n / 32));
+  quantize_row_q8(x.data(), fast.data(), n);
+  quantize_row_q8_ref(x.data(), ref.data(), n);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const BlockQ8& q = fast[size_t(b)];
+    // The SIMD and the scalar quantizer give the same blocks.
+    ASSERT_EQ(q.d, ref[size_t(b)].d) << b;
+    ASSERT_EQ(q.s, ref[size_t(b)].s) << b;
+    ASSERT_EQ(0, std::memcmp(q.qs, ref[size_t(b)].qs, 32)) << b;
+    // d = max|x| / 127 rounded to f16; every element within half a step (plus the f16 rounding of d, 2^-11).
+    float amax = 0;
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[size_t(b * 32 + i)])), sum += q.qs[i];
+    EXPECT_NEAR(q.d, amax / 127.0f, amax / 127.0f * 1e-3f);
+    EXPECT_FLOAT_EQ(q.s, q.d * float(sum));
+    for (int i = 0; i < 32; ++i) ASSERT_LE(std::fabs(x[size_t(b * 32 + i)] - q.d * q.qs[i]), 0.57f * q.d) << i;
+  }
+  // An all-zero block has d = 0 and zero codes (no division by zero).
+  std::vector<float> zero(32, 0.0f);
+  BlockQ8 z;
+  quantize_row_q8(zero.data(), &z, 32);
+  EXPECT_EQ(z.d, 0.0f);
+  EXPECT_EQ(z.s, 0.0f);
+  for (int8_t v : z.qs) EXPECT_EQ(v, 0);
+}
+
+// Every integer kernel (the AVX2 tiles where built, and the portable scalar one) against the fp64 dot of the
+// dequantized weights with the dequantized 8-bit activations: only float rounding may differ.
+TEST(quant, integer_dots_match_fp64_of_dequantized_blocks) {
+  std::mt19937 rng(5);
+  for (GgmlType type : kIntegerTypes) {
+    for (int64_t n : {256, 768, 1536}) {
+      const int64_t rows = 7, tokens = 5, nb = n / 32, row_bytes = ggml_row_bytes(type, n);
+      std::vector<uint8_t> w;
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto row = random_row(type, n, rng);
+        w.insert(w.end(), row.begin(), row.end());
+      }
+      // Tokens at a stride of nb + 3 blocks, outputs at a stride of rows + 2.
+      std::vector<BlockQ8> xq(size_t(tokens * (nb + 3)));
+      std::vector<std::vector<double>> xd(static_cast<size_t>(tokens));
+      for (int64_t t = 0; t < tokens; ++t) {
+        const auto x = random_activations(n, rng);
+        BlockQ8* q = xq.data() + t * (nb + 3);
+        quantize_row_q8(x.data(), q, n);
+        for (int64_t i = 0; i < n; ++i) xd[size_t(t)].push_back(double(q[i / 32].d) * q[i / 32].qs[i % 32]);
+      }
+      std::vector<float> y(size_t(tokens * (rows + 2)), NAN);
+      gemm_q8(type, w.data(), row_bytes, rows, xq.data(), nb + 3, tokens, n, y.data(), rows + 2);
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto wd = dequant(type, std::vector<uint8_t>(w.begin() + r * row_bytes, w.begin() + (r + 1) * row_bytes), n);
+        for (int64_t t = 0; t < tokens; ++t) {
+          double dot = 0, mag = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            dot += double(wd[size_t(i)]) * xd[size_t(t)][size_t(i)];
+            mag += std::fabs(double(wd[size_t(i)]) * xd[size_t(t)][size_t(i)]);
+          }
+          const double tol = 2e-6 * mag + 1e-6;
+          const void* row = w.data() + r * row_bytes;
+          const BlockQ8* x = xq.data() + t * (nb + 3);
+          const auto where = ::testing::Message() << ggml_type_name(type) << " n=" << n << " row " << r << " token " << t;
+          ASSERT_NEAR(y[size_t(t * (rows + 2) + r)], dot, tol) << where;
+          ASSERT_NEAR(vec_dot_q8(type, row, x, n), dot, tol) << where;
+          ASSERT_NEAR(vec_dot_q8_ref(type, row, x, n), dot, tol) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(quant, integer_dot_errors) {
+  std::vector<uint8_t> raw(1024);
+  std::vector<BlockQ8> x(8);
+  for (GgmlType type : kIntegerTypes) EXPECT_TRUE(has_q8_dot(type));
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q5_0}) {
+    EXPECT_FALSE(has_q8_dot(type));
+    try {
+      (void)vec_dot_q8(type, raw.data(), x.data(), 64);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::unsupported);
+      EXPECT_NE(std::string(e.what()).find(ggml_type_name(type)), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW((void)vec_dot_q8(GgmlType::Q4_K, raw.data(), x.data(), 128), Error);  // not a multiple of 256
+  std::vector<float> f(48, 1.0f);
+  EXPECT_THROW(quantize_row_q8(f.data(), x.data(), 48), Error);
 }
 
 TEST(quant, errors) {
