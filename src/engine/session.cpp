@@ -124,10 +124,13 @@ void Session::forward(const int32_t* tokens, int64_t n, bool decode) {
     matmul(w.wq, h, n, dim, q, qd);
     matmul(w.wk, h, n, dim, k, kvd);
     matmul(w.wv, h, n, dim, v, kvd);
+    add_bias(q, w.bq, n, qd);
+    add_bias(k, w.bk, n, kvd);
+    add_bias(v, w.bv, n, kvd);
 #pragma omp parallel for if (n > 1)
     for (int64_t t = 0; t < n; ++t) {
-      apply_rope(q + t * qd, c.n_heads, hd, p0 + t, inv_freq);
-      apply_rope(k + t * kvd, c.n_kv_heads, hd, p0 + t, inv_freq);
+      apply_rope(q + t * qd, c.n_heads, hd, p0 + t, inv_freq, c.rope_type);
+      apply_rope(k + t * kvd, c.n_kv_heads, hd, p0 + t, inv_freq, c.rope_type);
     }
     // Calibrated thresholds come from the first tokens of the sequence, before any code is written.
     const bool calibrating = opt_.calibrate_thresholds && p0 == 0;

@@ -23,6 +23,8 @@ const char* rope_scaling_name(RopeScaling s) {
   return "?";
 }
 
+const char* rope_type_name(RopeType t) { return t == RopeType::neox ? "neox (halves)" : "normal (adjacent pairs)"; }
+
 namespace {
 
 // An integer metadata value of the architecture, checked to lie in [lo, hi].
@@ -39,9 +41,11 @@ int64_t arch_int(const GgufFile& f, const std::string& arch, const char* key, in
 ModelConfig read_model_config(const GgufFile& f) {
   ModelConfig c;
   c.architecture = std::string(f.get_string("general.architecture"));
-  ADAMAS_CHECK(c.architecture == "llama", ErrorKind::unsupported,
-               "{}: architecture '{}' is not supported (supported: llama, e.g. Llama 2/3, Mistral, SmolLM2)",
+  ADAMAS_CHECK(c.architecture == "llama" || c.architecture == "qwen2", ErrorKind::unsupported,
+               "{}: architecture '{}' is not supported (supported: llama, e.g. Llama 2/3, Mistral, SmolLM2; qwen2)",
                f.source(), c.architecture);
+  // llama.cpp's llama_model_rope_type: LLM_ARCH_QWEN2 is NeoX, LLM_ARCH_LLAMA normal.
+  c.rope_type = c.architecture == "qwen2" ? RopeType::neox : RopeType::normal;
   const std::string& a = c.architecture;
   c.name = std::string(f.get_string_or("general.name", ""));
   c.n_layers = arch_int(f, a, "block_count", 1, 4096);
@@ -176,9 +180,16 @@ void LlamaModel::bind(const GgufFile& f) {
     l.gate = matrix(f, p + "ffn_gate.weight", c.dim, c.ffn_dim);
     l.up = matrix(f, p + "ffn_up.weight", c.dim, c.ffn_dim);
     l.down = matrix(f, p + "ffn_down.weight", c.ffn_dim, c.dim);
-    for (const char* bias : {"attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias"})
-      ADAMAS_CHECK(f.find_tensor(p + bias) == nullptr, ErrorKind::unsupported,
-                   "{}: tensor '{}{}': attention biases are not supported for llama", f.source(), p, bias);
+    // q/k/v biases: required by qwen2 (as in llama.cpp), optional for llama (HF attention_bias); all or none.
+    const bool biased = c.architecture == "qwen2" || f.find_tensor(p + "attn_q.bias") != nullptr ||
+                        f.find_tensor(p + "attn_k.bias") != nullptr || f.find_tensor(p + "attn_v.bias") != nullptr;
+    if (biased) {
+      l.bq = vector_f32(f, p + "attn_q.bias", c.q_dim());
+      l.bk = vector_f32(f, p + "attn_k.bias", c.kv_dim());
+      l.bv = vector_f32(f, p + "attn_v.bias", c.kv_dim());
+    }
+    ADAMAS_CHECK(f.find_tensor(p + "attn_output.bias") == nullptr, ErrorKind::unsupported,
+                 "{}: tensor '{}attn_output.bias': an output projection bias is not supported", f.source(), p);
   }
   const int64_t pairs = c.n_rot / 2;
   std::vector<float> factors;
@@ -319,8 +330,11 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_s
   }
 }
 
-void apply_rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const std::vector<float>& inv_freq) {
+void apply_rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const std::vector<float>& inv_freq,
+                RopeType type) {
   const int64_t pairs = int64_t(inv_freq.size());
+  // Pair i is (v[i * step], v[i * step + other]): adjacent (step 2, other 1) or halves (step 1, other pairs).
+  const int64_t step = type == RopeType::neox ? 1 : 2, other = type == RopeType::neox ? pairs : 1;
   float cs[512], sn[512];
   for (int64_t i0 = 0; i0 < pairs; i0 += 512) {
     const int64_t i1 = std::min(pairs, i0 + 512);
@@ -332,12 +346,19 @@ void apply_rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const 
     for (int64_t h = 0; h < n_heads; ++h) {
       float* v = x + h * head_dim;
       for (int64_t i = i0; i < i1; ++i) {
-        const float a = v[2 * i], b = v[2 * i + 1];
-        v[2 * i] = a * cs[i - i0] - b * sn[i - i0];
-        v[2 * i + 1] = a * sn[i - i0] + b * cs[i - i0];
+        float& a = v[i * step];
+        float& b = v[i * step + other];
+        const float a0 = a, b0 = b;
+        a = a0 * cs[i - i0] - b0 * sn[i - i0];
+        b = a0 * sn[i - i0] + b0 * cs[i - i0];
       }
     }
   }
+}
+
+void add_bias(float* y, const std::vector<float>& bias, int64_t n_tokens, int64_t stride) {
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (size_t i = 0; i < bias.size(); ++i) y[t * stride + int64_t(i)] += bias[i];
 }
 
 void swiglu(float* gate, const float* up, int64_t n) {

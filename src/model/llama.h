@@ -2,9 +2,11 @@
 // for names, shapes and types) and the per-layer operations of the forward pass (RMSNorm, quantized matrix products,
 // RoPE, SwiGLU). The forward over a KV cache lives in src/engine/session.h.
 //
-// Conventions are llama.cpp's for LLM_ARCH_LLAMA: the GGUF converter permutes the rows of attn_q / attn_k so that
-// RoPE rotates adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/n_rot) ("normal" rope, not NeoX halves);
-// the output projection is `output.weight`, or `token_embd.weight` when absent (tied embeddings).
+// Conventions are llama.cpp's. LLM_ARCH_LLAMA: the GGUF converter permutes the rows of attn_q / attn_k so that RoPE
+// rotates adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/n_rot) ("normal" rope). LLM_ARCH_QWEN2: the same
+// layer with q/k/v biases (blk.N.attn_{q,k,v}.bias) and unpermuted rows, so RoPE rotates the halves
+// (x[i], x[i + n_rot/2]) by the same angles ("NeoX" rope). The output projection is `output.weight`, or
+// `token_embd.weight` when absent (tied embeddings).
 #pragma once
 
 #include <cstdint>
@@ -24,8 +26,15 @@ enum class RopeScaling {
 };
 const char* rope_scaling_name(RopeScaling s);
 
+// Which coordinates RoPE rotates together (llama.cpp's LLAMA_ROPE_TYPE_NORM / _NEOX).
+enum class RopeType {
+  normal,  // (x[2i], x[2i+1]): llama (rows permuted by the converter)
+  neox     // (x[i], x[i + n_rot/2]): qwen2
+};
+const char* rope_type_name(RopeType t);
+
 struct ModelConfig {
-  std::string architecture;  // "llama"
+  std::string architecture;  // "llama" or "qwen2"
   std::string name;          // general.name, may be empty
   int64_t n_layers = 0;
   int64_t dim = 0;         // embedding_length
@@ -37,6 +46,7 @@ struct ModelConfig {
   int64_t vocab = 0;
   int64_t context_length = 0;  // trained context
   double rope_base = 10000.0;
+  RopeType rope_type = RopeType::normal;
   RopeScaling rope_scaling = RopeScaling::none;
   double rope_scale_factor = 1.0;  // linear scaling factor
   float norm_eps = 1e-5f;
@@ -45,7 +55,7 @@ struct ModelConfig {
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
 };
 
-// Reads and validates the configuration; Error(unsupported) for an architecture other than llama (naming it),
+// Reads and validates the configuration; Error(unsupported) for an architecture other than llama / qwen2 (naming it),
 // Error(format) for missing or absurd values.
 ModelConfig read_model_config(const GgufFile& file);
 
@@ -61,6 +71,7 @@ struct WeightMatrix {
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;  // [dim]
   WeightMatrix wq, wk, wv, wo;             // [q_dim][dim], [kv_dim][dim] x2, [dim][q_dim]
+  std::vector<float> bq, bk, bv;           // [q_dim], [kv_dim] x2 biases (qwen2); empty when the model has none
   WeightMatrix gate, up, down;             // [ffn][dim] x2, [dim][ffn]
 };
 
@@ -116,9 +127,14 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 // register-blocked FMA.
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y, int64_t y_stride);
 
-// Rotates each of n_heads vectors of head_dim (contiguous) at position pos: pairs (x[2i], x[2i+1]) for
-// 2i < 2 * inv_freq.size() by angle pos * inv_freq[i]; the other coordinates are unchanged.
-void apply_rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const std::vector<float>& inv_freq);
+// Rotates each of n_heads vectors of head_dim (contiguous) at position pos: pair i < inv_freq.size() by angle
+// pos * inv_freq[i], the pair being (x[2i], x[2i+1]) (normal) or (x[i], x[i + inv_freq.size()]) (neox); the
+// coordinates past 2 * inv_freq.size() are unchanged.
+void apply_rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const std::vector<float>& inv_freq,
+                RopeType type = RopeType::normal);
+
+// y[t * stride + i] += bias[i] for t < n_tokens, i < bias.size() (nothing when bias is empty).
+void add_bias(float* y, const std::vector<float>& bias, int64_t n_tokens, int64_t stride);
 
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, int64_t n);

@@ -120,6 +120,32 @@ TEST(forward, sparse_methods_with_budget_over_context_equal_full) {
   EXPECT_EQ(run(Method::adamas, 5, 2), full);
 }
 
+// Qwen2 (NeoX rope over halves, q/k/v biases) and Llama with q/k/v biases: prefill and decode against fp64.
+TEST(forward, qwen2_and_llama_biases_match_fp64_reference) {
+  for (const char* arch : {"qwen2", "llama"}) {
+    TinySpec s;
+    s.arch = arch;
+    s.qkv_bias = true;
+    const auto m = make_tiny_model(s);
+    const auto ref = reference_logits(m, kTokens);
+    const LlamaModel model = load(m);
+    EXPECT_EQ(model.config().architecture, arch);
+    EXPECT_EQ(model.config().rope_type, std::string(arch) == "qwen2" ? RopeType::neox : RopeType::normal);
+    EXPECT_EQ(model.layer(1).bk.size(), 32u);
+    EngineOptions o;
+    o.kv_dtype = DType::f32;
+    o.prefill_chunk = 4;
+    o.attention.method = Method::full;
+    Session session(model, o);
+    auto logits = session.prefill(std::span(kTokens).first(6));
+    EXPECT_LT(max_abs_diff(logits, ref[5]), 2e-4) << arch;
+    for (size_t t = 6; t < kTokens.size(); ++t) {
+      logits = session.decode(kTokens[t]);
+      EXPECT_LT(max_abs_diff(logits, ref[t]), 2e-4) << arch << " token " << t;
+    }
+  }
+}
+
 TEST(forward, linear_rope_scaling) {
   TinySpec s;
   s.rope_scaling = "linear";
@@ -153,6 +179,15 @@ TEST(forward, layer_ops) {
   EXPECT_NEAR(v[3], std::cos(0.5), 1e-6);
   EXPECT_EQ(v[4], 2);
   EXPECT_EQ(v[7], 5);
+  // NeoX rope rotates (x[i], x[i + pairs]): here (v0, v2) by 1 rad and (v1, v3) by 0.5 rad.
+  float h[6] = {1, 0, 0, 1, 7, 9};
+  apply_rope(h, 1, 6, 1, {1.0f, 0.5f}, RopeType::neox);
+  EXPECT_NEAR(h[0], std::cos(1.0), 1e-6);
+  EXPECT_NEAR(h[2], std::sin(1.0), 1e-6);
+  EXPECT_NEAR(h[1], -std::sin(0.5), 1e-6);
+  EXPECT_NEAR(h[3], std::cos(0.5), 1e-6);
+  EXPECT_EQ(h[4], 7);
+  EXPECT_EQ(h[5], 9);
   // SwiGLU.
   float g[2] = {0.0f, 2.0f};
   const float u[2] = {3.0f, 0.5f};
@@ -207,6 +242,10 @@ TEST(forward, bad_models) {
   TinySpec s;
   s.arch = "gpt2";
   expect_error([&] { load(make_tiny_model(s)); }, ErrorKind::unsupported, "gpt2");
+  s = {};
+  s.arch = "qwen2";  // qwen2 requires the q/k/v biases
+  s.skip_tensor = "blk.0.attn_k.bias";
+  expect_error([&] { load(make_tiny_model(s)); }, ErrorKind::format, "blk.0.attn_k.bias");
   s = {};
   s.skip_tensor = "blk.1.ffn_up.weight";
   expect_error([&] { load(make_tiny_model(s)); }, ErrorKind::format, "blk.1.ffn_up.weight");

@@ -1,4 +1,5 @@
-// Test helper: a tiny random Llama model written as a GGUF file in memory, and an fp64 reference forward pass.
+// Test helper: a tiny random Llama or Qwen2 model written as a GGUF file in memory, and an fp64 reference forward
+// pass (Qwen2: q/k/v biases and RoPE over the halves (x[i], x[i + d/2]) instead of adjacent pairs).
 #pragma once
 
 #include <cmath>
@@ -12,7 +13,7 @@
 namespace adamas::test {
 
 struct TinySpec {
-  std::string arch = "llama";
+  std::string arch = "llama";         // "qwen2": NeoX rope, q/k/v biases
   int64_t layers = 2, dim = 64, ffn = 96, heads = 4, kv_heads = 2, vocab = 40, context = 64;
   float rope_base = 10000.0f;
   float eps = 1e-5f;
@@ -21,7 +22,10 @@ struct TinySpec {
   std::string bad_shape_tensor;       // give this tensor a wrong row count
   std::string rope_scaling = "none";  // written when not "none"
   float rope_factor = 1.0f;
+  bool qkv_bias = false;              // write blk.N.attn_{q,k,v}.bias (always for qwen2)
   uint32_t seed = 1;
+  bool biased() const { return qkv_bias || arch == "qwen2"; }
+  bool neox() const { return arch == "qwen2"; }
 };
 
 struct TinyModel {
@@ -51,6 +55,11 @@ inline TinyModel make_tiny_model(const TinySpec& s) {
     ts.push_back({p + "attn_q.weight", s.dim, qd, 0.4f, 0.0f});
     ts.push_back({p + "attn_k.weight", s.dim, kvd, 0.4f, 0.0f});
     ts.push_back({p + "attn_v.weight", s.dim, kvd, 0.3f, 0.0f});
+    if (s.biased()) {  // large enough to move the scores and values visibly
+      ts.push_back({p + "attn_q.bias", qd, 1, 0.5f, 0.0f});
+      ts.push_back({p + "attn_k.bias", kvd, 1, 0.5f, 0.0f});
+      ts.push_back({p + "attn_v.bias", kvd, 1, 0.5f, 0.0f});
+    }
     ts.push_back({p + "attn_output.weight", qd, s.dim, 0.1f, 0.0f});
     ts.push_back({p + "ffn_norm.weight", s.dim, 1, 0.2f, 1.0f});
     ts.push_back({p + "ffn_gate.weight", s.dim, s.ffn, 0.2f, 0.0f});
@@ -132,8 +141,9 @@ inline std::vector<std::vector<double>> reference_logits(const TinyModel& m, con
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t i = 0; i < hd / 2; ++i) {
         const double theta = double(pos) * scale_pos * std::pow(double(s.rope_base), -2.0 * double(i) / double(hd));
-        double& a = v[size_t(h * hd + 2 * i)];
-        double& b = v[size_t(h * hd + 2 * i + 1)];
+        // Pair i: (2i, 2i + 1) for llama, (i, i + hd/2) for qwen2.
+        double& a = v[size_t(h * hd + (s.neox() ? i : 2 * i))];
+        double& b = v[size_t(h * hd + (s.neox() ? i + hd / 2 : 2 * i + 1))];
         const double a0 = a, b0 = b;
         a = a0 * std::cos(theta) - b0 * std::sin(theta);
         b = a0 * std::sin(theta) + b0 * std::cos(theta);
@@ -150,6 +160,11 @@ inline std::vector<std::vector<double>> reference_logits(const TinyModel& m, con
       auto q = matvec(W(p + "attn_q.weight"), h, qd);
       auto k = matvec(W(p + "attn_k.weight"), h, kvd);
       auto v = matvec(W(p + "attn_v.weight"), h, kvd);
+      if (s.biased()) {
+        for (int64_t i = 0; i < qd; ++i) q[size_t(i)] += W(p + "attn_q.bias")[size_t(i)];
+        for (int64_t i = 0; i < kvd; ++i) k[size_t(i)] += W(p + "attn_k.bias")[size_t(i)];
+        for (int64_t i = 0; i < kvd; ++i) v[size_t(i)] += W(p + "attn_v.bias")[size_t(i)];
+      }
       rope(q, s.heads, t);
       rope(k, s.kv_heads, t);
       K[size_t(l)].push_back(k);

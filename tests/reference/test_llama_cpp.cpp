@@ -1,10 +1,11 @@
 // Our engine against llama.cpp on the same model file: identical tokens, close logits, the same greedy text.
 //
-// Tolerance: llama.cpp multiplies the Q4_1 weights with activations rounded to Q8_1 (and the Q8_0 output matrix
-// with Q8_0 activations); we dequantize to f32. That rounding alone moves logits by a few tenths (the fixtures'
-// README: an f16 instead of f32 K/V cache moves llama.cpp's own logits by up to 0.9). Logits must agree within
-// kLogitTol = 1.5 (measured on these fixtures: largest differences 0.4-0.9, 1.41 on `chatml`; the test prints
-// them), the argmax must be the same wherever llama.cpp's top-2 margin exceeds 2 * kLogitTol, and the greedy
+// Tolerance: both engines multiply the Q4_1 weights with activations rounded to 8 bits per block of 32 (llama.cpp's
+// Q8_1; the Q8_0 output matrix with Q8_0), but the order of float sums and the rounding of values that land near a
+// half step still differ, and this small model amplifies such differences (the fixtures' README: an f16 instead of
+// f32 K/V cache moves llama.cpp's own logits by up to 0.9). Logits must agree within kLogitTol = 1.5 (measured on
+// these fixtures: largest differences 0.53-0.88, with f32 activations they were 0.4-0.9 and 1.41 on `chatml`; the
+// test prints them), the argmax must be the same wherever llama.cpp's top-2 margin exceeds 2 * kLogitTol, and the greedy
 // continuations must be identical until they part, which is allowed only at a step where llama.cpp's own margin
 // was below 2 * kLogitTol (a near-tie that rounding can flip).
 #include <gtest/gtest.h>
