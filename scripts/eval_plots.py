@@ -48,21 +48,28 @@ def style(variant):
     return {"linewidth": 2.5, "color": "black"} if variant == "full" else {"linewidth": 1.5}
 
 
-def line_plot(series, xlabel, ylabel, title, path, logx=True):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in sorted(series, key=lambda v: (v != "full", v)):
-        xs, ys = zip(*series[v])
-        ax.plot(xs, ys, marker="o", label=v, **style(v))
-    if logx:
-        ax.set_xscale("log", base=2)
+def decorate(ax, xlabel, ylabel, title):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def line_plot(series, xlabel, ylabel, title, path):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in sorted(series, key=lambda v: (v != "full", v)):
+        xs, ys = zip(*series[v])
+        ax.plot(xs, ys, marker="o", label=v, **style(v))
+    ax.set_xscale("log", base=2)
+    decorate(ax, xlabel, ylabel, title)
+    save(fig, path)
 
 
 def main():
@@ -91,12 +98,8 @@ def main():
             ys = [mean([r["score"] for r in rows if r["variant"] == v and r["ruler_task"] == t] or [0]) for t in tasks]
             ax.bar([j + i * width for j in range(len(tasks))], ys, width, label=v)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
-        ax.set_ylabel("mean score")
-        ax.set_title("RULER-style tasks (all lengths)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "ruler.png"), dpi=110)
-        plt.close(fig)
+        decorate(ax, "task", "mean score", "RULER-style tasks (all lengths)")
+        save(fig, os.path.join(out, "ruler.png"))
         made.append("ruler.png")
     rows = load(src, "recall")
     if rows:
@@ -114,28 +117,16 @@ def main():
                     xs = sorted(acc[name])
                     ax.plot(xs, [mean(acc[name][x]) for x in xs], marker="o", label=name)
                 ax.set_xscale("log", base=2)
-                ax.set_xlabel("budget (tokens)")
-                ax.set_ylabel(label)
-                ax.set_title(f"{n} tokens, sparse layers")
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "recall.png"), dpi=110)
-        plt.close(fig)
+                decorate(ax, "budget (tokens)", label, f"{n} tokens, sparse layers")
+        save(fig, os.path.join(out, "recall.png"))
         made.append("recall.png")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         n = lengths[-1]
         for r in sorted((r for r in rows if r["length"] == n and r["method"] == "adamas" and r["thresholds"] == "fixed"),
                         key=lambda r: r["budget"]):
             ax.plot(range(len(r["layer_mass"])), r["layer_mass"], marker=".", label=f"budget {r['budget']}")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("exact attention mass kept")
-        ax.set_title(f"Adamas (fixed thresholds) by layer, {n} tokens")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "recall_layers.png"), dpi=110)
-        plt.close(fig)
+        decorate(ax, "layer", "exact attention mass kept", f"Adamas (fixed thresholds) by layer, {n} tokens")
+        save(fig, os.path.join(out, "recall_layers.png"))
         made.append("recall_layers.png")
     print("eval_plots: " + (", ".join(made) if made else "no rows") + " in " + out, file=sys.stderr)
 
