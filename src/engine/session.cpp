@@ -121,9 +121,8 @@ void Session::forward(const int32_t* tokens, int64_t n, bool decode) {
     const LayerWeights& w = model_.layer(l);
 #pragma omp parallel for if (n > 1)
     for (int64_t t = 0; t < n; ++t) rms_norm(x + t * dim, w.attn_norm.data(), dim, c.norm_eps, h + t * dim);
-    matmul(w.wq, h, n, dim, q, qd);
-    matmul(w.wk, h, n, dim, k, kvd);
-    matmul(w.wv, h, n, dim, v, kvd);
+    const MatmulTarget qkv[] = {{&w.wq, q, qd}, {&w.wk, k, kvd}, {&w.wv, v, kvd}};
+    matmul(qkv, h, n, dim);
     add_bias(q, w.bq, n, qd);
     add_bias(k, w.bk, n, kvd);
     add_bias(v, w.bv, n, kvd);
@@ -160,8 +159,8 @@ void Session::forward(const int32_t* tokens, int64_t n, bool decode) {
     for (int64_t i = 0; i < n * dim; ++i) x[i] += h[i];
 #pragma omp parallel for if (n > 1)
     for (int64_t t = 0; t < n; ++t) rms_norm(x + t * dim, w.ffn_norm.data(), dim, c.norm_eps, h + t * dim);
-    matmul(w.gate, h, n, dim, gate, ffn);
-    matmul(w.up, h, n, dim, up, ffn);
+    const MatmulTarget gate_up[] = {{&w.gate, gate, ffn}, {&w.up, up, ffn}};
+    matmul(gate_up, h, n, dim);
     swiglu(gate, up, n * ffn);
     matmul(w.down, gate, n, ffn, h, dim);
     for (int64_t i = 0; i < n * dim; ++i) x[i] += h[i];

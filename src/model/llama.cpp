@@ -263,28 +263,54 @@ constexpr bool kHaveKernel = false;
 
 namespace {
 
-// Weights with an integer kernel: the inputs rounded to 8 bits once (Q8 blocks), then threads over chunks of rows,
-// each chunk multiplied with all the tokens by gemm_q8's register tiles (its rows stay in L1 while tokens stream).
-void matmul_q8(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y,
-               int64_t y_stride) {
+// Weights with an integer kernel: the inputs rounded to 8 bits once (Q8 blocks) for all the targets, then one
+// parallel loop over the chunks of rows of every target (one fork/join for Q, K and V together: at decode a step
+// has ~200 matrix products of a few microseconds each, where every join costs), each chunk multiplied with all
+// the tokens by gemm_q8's register tiles (its rows stay in L1 while the tokens stream past).
+void matmul_q8(std::span<const MatmulTarget> targets, const float* x, int64_t n_tokens, int64_t x_stride) {
   constexpr int64_t kRows = 16;
-  const int64_t nb = w.cols / 32, chunks = (w.rows + kRows - 1) / kRows;
+  const int64_t cols = targets[0].w->cols, nb = cols / 32;
+  int64_t starts[8], chunks = 0;  // first chunk of each target
+  for (size_t i = 0; i < targets.size(); ++i) {
+    starts[i] = chunks;
+    chunks += (targets[i].w->rows + kRows - 1) / kRows;
+  }
   thread_local std::vector<BlockQ8> xq;
   if (xq.size() < size_t(n_tokens * nb)) xq.resize(size_t(n_tokens * nb));
   BlockQ8* q = xq.data();
 #pragma omp parallel for schedule(static) if (n_tokens > 4)
-  for (int64_t t = 0; t < n_tokens; ++t) quantize_row_q8(x + t * x_stride, q + t * nb, w.cols);
-#pragma omp parallel for schedule(static) if (chunks * n_tokens * w.cols > 32768)
+  for (int64_t t = 0; t < n_tokens; ++t) quantize_row_q8(x + t * x_stride, q + t * nb, cols);
+#pragma omp parallel for schedule(static) if (chunks * n_tokens * cols > 32768)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t r0 = c * kRows, nr = std::min(w.rows, r0 + kRows) - r0;
-    gemm_q8(w.type, w.row(r0), w.row_bytes, nr, q, nb, n_tokens, w.cols, y + r0, y_stride);
+    size_t i = targets.size() - 1;
+    while (starts[i] > c) --i;
+    const MatmulTarget& tg = targets[i];
+    const int64_t r0 = (c - starts[i]) * kRows, nr = std::min(tg.w->rows, r0 + kRows) - r0;
+    gemm_q8(tg.w->type, tg.w->row(r0), tg.w->row_bytes, nr, q, nb, n_tokens, cols, tg.y + r0, tg.y_stride);
   }
 }
 
 }  // namespace
 
+void matmul(std::span<const MatmulTarget> targets, const float* x, int64_t n_tokens, int64_t x_stride) {
+  ADAMAS_CHECK(!targets.empty() && targets.size() <= 8, ErrorKind::invalid_argument,
+               "matmul: {} targets (expected 1..8)", targets.size());
+  bool integer = true;
+  for (const MatmulTarget& t : targets) {
+    ADAMAS_CHECK(t.w->cols == targets[0].w->cols, ErrorKind::invalid_argument,
+                 "matmul: '{}' has {} columns, '{}' {}", t.w->name, t.w->cols, targets[0].w->name,
+                 targets[0].w->cols);
+    integer = integer && has_q8_dot(t.w->type);
+  }
+  if (integer) return matmul_q8(targets, x, n_tokens, x_stride);
+  for (const MatmulTarget& t : targets) matmul(*t.w, x, n_tokens, x_stride, t.y, t.y_stride);
+}
+
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y, int64_t y_stride) {
-  if (has_q8_dot(w.type)) return matmul_q8(w, x, n_tokens, x_stride, y, y_stride);
+  if (has_q8_dot(w.type)) {
+    const MatmulTarget t{&w, y, y_stride};
+    return matmul_q8(std::span(&t, 1), x, n_tokens, x_stride);
+  }
   constexpr int64_t kRows = 16;
   const int64_t blocks = (w.rows + kRows - 1) / kRows;
   const GgmlType type = w.type;

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -126,6 +127,16 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 // as llama.cpp. Other types: few tokens, vec_dot per row; eight or more, blocks of rows dequantized to f32 and
 // register-blocked FMA.
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, int64_t x_stride, float* y, int64_t y_stride);
+
+// Several matrices with the same input (Q, K, V; gate, up): y_i = W_i x for each target, with one quantization of
+// x and one parallel loop over all their rows when every W_i has an integer kernel, else one matmul each. All W_i
+// must have the same number of columns (else invalid_argument); at most 8 targets.
+struct MatmulTarget {
+  const WeightMatrix* w;
+  float* y;
+  int64_t y_stride;
+};
+void matmul(std::span<const MatmulTarget> targets, const float* x, int64_t n_tokens, int64_t x_stride);
 
 // Rotates each of n_heads vectors of head_dim (contiguous) at position pos: pair i < inv_freq.size() by angle
 // pos * inv_freq[i], the pair being (x[2i], x[2i+1]) (normal) or (x[i], x[i + inv_freq.size()]) (neox); the

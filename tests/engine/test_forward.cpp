@@ -227,6 +227,36 @@ TEST(forward, matmul_paths_match_fp64) {
   }
 }
 
+// Several targets sharing one input (Q/K/V, gate/up): the same numbers as one matmul per target, for integer
+// targets (one quantization, one loop over all rows) and for a mix with f32 weights (one matmul each).
+TEST(forward, matmul_targets_equal_separate_matmuls) {
+  const int64_t cols = 64, n = 5;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd;
+  std::vector<uint8_t> q8(size_t(21 * 2 * 34));
+  for (size_t i = 0; i < q8.size(); ++i) q8[i] = uint8_t(i % 34 == 1 ? 0x20 : rng());  // f16 d in [2^-7, 2^-6)
+  std::vector<float> f32(size_t(9 * cols));
+  for (float& v : f32) v = nd(rng);
+  const WeightMatrix a{"a", GgmlType::Q8_0, q8.data(), 21, cols, 2 * 34};
+  const WeightMatrix b{"b", GgmlType::Q8_0, q8.data() + 5 * 68, 16, cols, 2 * 34};
+  const WeightMatrix c{"c", GgmlType::F32, reinterpret_cast<const uint8_t*>(f32.data()), 9, cols, cols * 4};
+  std::vector<float> x(size_t(n * cols));
+  for (float& v : x) v = nd(rng);
+  for (const WeightMatrix* second : {&b, &c}) {
+    std::vector<float> ya(size_t(n * 21)), yb(size_t(n * second->rows)), ra(ya.size()), rb(yb.size());
+    const MatmulTarget targets[] = {{&a, ya.data(), 21}, {second, yb.data(), second->rows}};
+    matmul(targets, x.data(), n, cols);
+    matmul(a, x.data(), n, cols, ra.data(), 21);
+    matmul(*second, x.data(), n, cols, rb.data(), second->rows);
+    EXPECT_EQ(ya, ra);
+    EXPECT_EQ(yb, rb) << second->name;
+  }
+  const WeightMatrix narrow{"narrow", GgmlType::F32, reinterpret_cast<const uint8_t*>(f32.data()), 9, 32, 128};
+  std::vector<float> y(size_t(n * 21));
+  const MatmulTarget bad[] = {{&a, y.data(), 21}, {&narrow, y.data(), 9}};
+  EXPECT_THROW(matmul(bad, x.data(), n, cols), Error);
+}
+
 template <class F>
 void expect_error(F&& f, ErrorKind kind, const std::string& needle) {
   try {
