@@ -232,13 +232,13 @@ TEST(quant, integer_dots_match_fp64_of_dequantized_blocks) {
   std::mt19937 rng(5);
   for (GgmlType type : kIntegerTypes) {
     for (int64_t n : {256, 768, 1536}) {
-      const int64_t rows = 7, tokens = 5, nb = n / 32, row_bytes = ggml_row_bytes(type, n);
+      const int64_t rows = 7, tokens = 13, nb = n / 32, row_bytes = ggml_row_bytes(type, n);
       std::vector<uint8_t> w;
       for (int64_t r = 0; r < rows; ++r) {
         const auto row = random_row(type, n, rng);
         w.insert(w.end(), row.begin(), row.end());
       }
-      // Tokens at a stride of nb + 3 blocks, outputs at a stride of rows + 2.
+      // 13 tokens: the 8-, 4- and 1-token tiles. Tokens at a stride of nb + 3 blocks, outputs at rows + 2.
       std::vector<BlockQ8> xq(size_t(tokens * (nb + 3)));
       std::vector<std::vector<double>> xd(static_cast<size_t>(tokens));
       for (int64_t t = 0; t < tokens; ++t) {
