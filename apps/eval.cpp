@@ -15,6 +15,7 @@
 #include "eval/perplexity.h"
 #include "eval/recall.h"
 #include "eval/ruler.h"
+#include "eval/shared_prefill.h"
 #include "eval/variant.h"
 #include "eval_report.h"
 #include "eval_store.h"
@@ -74,23 +75,28 @@ void run_passkey_task(const Context& c) {
         const uint64_t seed = a.seed + uint64_t(s) * 1000003 + uint64_t(d) * 7919 + uint64_t(length);
         const std::string id = fmt::format("passkey len={} depth={:.3f} sample={} seed={} text={}", length, depth, s,
                                            a.seed, c.text_name);
-        PasskeyPrompt prompt;  // built on first need: a finished (length, depth, sample) costs nothing on restart
+        std::vector<Variant> todo;  // the variants not in the store yet
+        std::vector<nlohmann::json> rows;
         for (const Variant& v : c.variants) {
           nlohmann::json row = base_row(c, id, v);
-          if (c.store.has(row["key"])) { bar.skip(); continue; }
-          if (prompt.tokens.empty()) {
-            const int64_t n = prompt_length(c, length, max_new);
-            prompt = make_passkey_prompt(c.tokenizer, c.text, passkey_filler_for_length(c.tokenizer, n), depth,
-                                         random_key(seed), seed);
-          }
-          Session session(c.model, engine_options(v, int64_t(prompt.tokens.size()) + max_new));
-          const PasskeyResult r = run_passkey(session, c.tokenizer, prompt, a.sparse_tail, max_new);
-          row.update({{"length", length}, {"prompt_tokens", prompt.tokens.size()}, {"depth", depth}, {"sample", s},
-                      {"needle_token", prompt.needle_token}, {"passkey", prompt.key}, {"answer", r.answer},
-                      {"correct", r.found}, {"prefill_s", r.prefill_s}, {"decode_s", r.decode_s}});
-          c.store.append(row);
-          bar.step(fmt::format("{} depth {:.2f} {}: {}", length, depth, variant_name(v), r.found ? "ok" : "MISS"));
+          if (c.store.has(row["key"])) bar.skip();
+          else todo.push_back(v), rows.push_back(std::move(row));
         }
+        if (todo.empty()) continue;
+        const int64_t n = prompt_length(c, length, max_new);
+        const PasskeyPrompt prompt = make_passkey_prompt(
+            c.tokenizer, c.text, passkey_filler_for_length(c.tokenizer, n), depth, random_key(seed), seed);
+        answer_variants(c.model, c.tokenizer, prompt.tokens, todo, a.sparse_tail, max_new,
+                        [&](size_t i, const Answer& r) {
+                          const bool found = r.text.find(prompt.key) != std::string::npos;
+                          rows[i].update({{"length", length}, {"prompt_tokens", prompt.tokens.size()},
+                                          {"depth", depth}, {"sample", s}, {"needle_token", prompt.needle_token},
+                                          {"passkey", prompt.key}, {"answer", r.text}, {"correct", found},
+                                          {"prefill_s", r.prefill_s}, {"decode_s", r.decode_s}});
+                          c.store.append(rows[i]);
+                          bar.step(fmt::format("{} depth {:.2f} {}: {}", length, depth, variant_name(todo[i]),
+                                               found ? "ok" : "MISS"));
+                        });
       }
   bar.finish();
 }
@@ -142,21 +148,25 @@ void run_ruler_task(const Context& c) {
         const uint64_t seed = a.seed + uint64_t(s) * 1000003 + uint64_t(length);
         const std::string id = fmt::format("ruler {} len={} sample={} seed={} text={}", ruler_task_name(task), length,
                                            s, a.seed, c.text_name);
-        RulerSample sample;
+        std::vector<Variant> todo;
+        std::vector<nlohmann::json> rows;
         for (const Variant& v : c.variants) {
           nlohmann::json row = base_row(c, id, v);
-          if (c.store.has(row["key"])) { bar.skip(); continue; }
-          if (sample.tokens.empty())
-            sample = make_ruler_sample(task, c.tokenizer, c.text, prompt_length(c, length, 48), seed);
-          Session session(c.model, engine_options(v, int64_t(sample.tokens.size()) + sample.max_new_tokens));
-          const Answer r = answer_prompt(session, c.tokenizer, sample.tokens, a.sparse_tail, sample.max_new_tokens);
-          const double score = ruler_score(r.text, sample.expected);
-          row.update({{"ruler_task", ruler_task_name(task)}, {"length", length}, {"sample", s},
-                      {"prompt_tokens", sample.tokens.size()}, {"expected", sample.expected}, {"answer", r.text},
-                      {"score", score}, {"correct", score == 1.0}});
-          c.store.append(row);
-          bar.step(fmt::format("{} {} {}: {:.2f}", ruler_task_name(task), length, variant_name(v), score));
+          if (c.store.has(row["key"])) bar.skip();
+          else todo.push_back(v), rows.push_back(std::move(row));
         }
+        if (todo.empty()) continue;
+        const RulerSample sample = make_ruler_sample(task, c.tokenizer, c.text, prompt_length(c, length, 48), seed);
+        answer_variants(c.model, c.tokenizer, sample.tokens, todo, a.sparse_tail, sample.max_new_tokens,
+                        [&](size_t i, const Answer& r) {
+                          const double score = ruler_score(r.text, sample.expected);
+                          rows[i].update({{"ruler_task", ruler_task_name(task)}, {"length", length}, {"sample", s},
+                                          {"prompt_tokens", sample.tokens.size()}, {"expected", sample.expected},
+                                          {"answer", r.text}, {"score", score}, {"correct", score == 1.0}});
+                          c.store.append(rows[i]);
+                          bar.step(fmt::format("{} {} {}: {:.2f}", ruler_task_name(task), length,
+                                               variant_name(todo[i]), score));
+                        });
       }
   bar.finish();
 }

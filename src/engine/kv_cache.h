@@ -39,6 +39,9 @@ class KvCache {
   // After every layer has been written: the n tokens become part of the cache.
   void commit(int64_t n);
   void clear() { size_ = 0; }
+  // Forgets the tokens after the first n (their rows are overwritten by the next writes). Quest's page bounds
+  // cannot forget a token, so the caller must not truncate a cache with pages (Session::truncate checks).
+  void truncate(int64_t n) { size_ = n < size_ ? n : size_; }
 
   // Views of one layer over its first `tokens` tokens.
   HeadsView keys(int64_t layer, int64_t tokens) const;

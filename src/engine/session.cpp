@@ -50,6 +50,23 @@ void Session::reset() {
   query_thresholds_.clear();
 }
 
+void Session::truncate(int64_t n) {
+  ADAMAS_CHECK(n >= 0, ErrorKind::invalid_argument, "truncate to {} tokens (expected >= 0)", n);
+  ADAMAS_CHECK(n >= position() || !cache_.options().pages, ErrorKind::unsupported,
+               "truncate: Quest's page bounds cannot drop tokens (start a new sequence instead)");
+  cache_.truncate(n);
+}
+
+void Session::set_attention(const AttentionConfig& a) {
+  validate_config(a);
+  const bool sparse_layers = opt_.dense_layers < model_.config().n_layers;
+  ADAMAS_CHECK(!sparse_layers || a.method != Method::adamas || cache_.options().codes, ErrorKind::invalid_argument,
+               "set_attention: Adamas needs key codes, and this session's cache was made without them");
+  ADAMAS_CHECK(!sparse_layers || a.method != Method::quest || cache_.options().pages, ErrorKind::invalid_argument,
+               "set_attention: Quest needs page bounds, and this session's cache was made without them");
+  opt_.attention = a;
+}
+
 void Session::calibrate(int64_t layer, const float* q, const float* k, int64_t n) {
   const ModelConfig& c = model_.config();
   if (key_thresholds_.empty()) {

@@ -52,6 +52,12 @@ class Session {
   std::span<const float> decode(int32_t token);
   // Empties the cache (a new sequence).
   void reset();
+  // Keeps only the first n cached tokens, so one prefill can be continued under several attention configs (the
+  // evaluation's shared prompt prefix). Error(unsupported) when the cache holds Quest pages (bounds cannot shrink).
+  void truncate(int64_t n);
+  // The decode attention of the next steps; the cache must hold what the method reads (codes for Adamas), and the
+  // thresholds mode stays the session's. Error(invalid_argument) otherwise.
+  void set_attention(const AttentionConfig& attention);
 
   // Attention time and rows of all decode steps so far (summed over layers).
   const DecodeTimings& decode_timings() const { return timings_; }

@@ -91,11 +91,24 @@ Answer answer_prompt(Session& session, const Tokenizer& tokenizer, std::span<con
   ADAMAS_CHECK(n + max_new_tokens <= session.context(), ErrorKind::invalid_argument,
                "{} prompt + {} new tokens exceed the context of {}", n, max_new_tokens, session.context());
   session.reset();
-  Answer r;
-  auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
   session.prefill(prompt.first(size_t(n - sparse_tail)));
-  r.prefill_s = seconds_since(t0);
-  t0 = std::chrono::steady_clock::now();
+  const double prefill_s = seconds_since(t0);
+  Answer r = answer_after_prefill(session, tokenizer, prompt, sparse_tail, max_new_tokens);
+  r.prefill_s = prefill_s;
+  return r;
+}
+
+Answer answer_after_prefill(Session& session, const Tokenizer& tokenizer, std::span<const int32_t> prompt,
+                            int64_t sparse_tail, int64_t max_new_tokens) {
+  const int64_t n = int64_t(prompt.size());
+  ADAMAS_CHECK(sparse_tail >= 1 && sparse_tail < n, ErrorKind::invalid_argument,
+               "sparse tail of {} tokens for a prompt of {}", sparse_tail, n);
+  ADAMAS_CHECK(session.position() == n - sparse_tail, ErrorKind::invalid_argument,
+               "the session holds {} tokens, not the {}-token prefix of the prompt", session.position(),
+               n - sparse_tail);
+  Answer r;
+  const auto t0 = std::chrono::steady_clock::now();
   std::span<const float> logits;
   for (int64_t i = n - sparse_tail; i < n; ++i) logits = session.decode(prompt[size_t(i)]);
   std::vector<int32_t> out;

@@ -48,5 +48,8 @@ struct Answer {
 // decode those, then generate greedily up to `max_new_tokens` or an end-of-generation token.
 Answer answer_prompt(Session& session, const Tokenizer& tokenizer, std::span<const int32_t> prompt,
                      int64_t sparse_tail, int64_t max_new_tokens);
+// The same after the prefill: `session` holds exactly prompt[0, n - sparse_tail) (prefill_s is left 0).
+Answer answer_after_prefill(Session& session, const Tokenizer& tokenizer, std::span<const int32_t> prompt,
+                            int64_t sparse_tail, int64_t max_new_tokens);
 
 }  // namespace adamas

@@ -10,6 +10,7 @@
 #include "eval/prompt.h"
 #include "eval/recall.h"
 #include "eval/ruler.h"
+#include "eval/shared_prefill.h"
 #include "eval/variant.h"
 #include "eval_fixture.h"
 
@@ -185,6 +186,37 @@ TEST(Recall, OneAtABudgetOverTheContextAndGrowingWithTheBudget) {
   Session s(L->model, engine_options({Method::adamas, 8, false, GroupSelection::per_head}, n));
   EXPECT_THROW(run_recall(s, p.tokens, 0), Error);
   EXPECT_THROW(run_recall(s, p.tokens, n), Error);
+}
+
+// One prefill continued (truncated back to the prefix) under several variants answers exactly as a fresh session
+// per variant does; a Quest cache refuses to be truncated.
+TEST(SharedPrefill, AnswersAsFreshSessions) {
+  NEED_MODEL();
+  HaystackSpec spec;
+  spec.intro = "Read the text, then answer.\n";
+  spec.needles = {{0.4, "\nThe magic word is bluebell.\n"}};
+  spec.question = "\nWhat is the magic word?";
+  spec.answer_prefix = "The magic word is";
+  const std::vector<int32_t> prompt = make_haystack_prompt(L->tokenizer, L->text, 260, 2, spec).tokens;
+  const std::vector<Variant> variants{{Method::adamas, 16, false, GroupSelection::per_head},
+                                      {Method::full, 0, false, GroupSelection::per_head}};
+  const int64_t tail = 40, max_new = 6;
+  std::vector<std::string> shared(variants.size());
+  std::vector<double> prefill_s(variants.size());
+  answer_variants(L->model, L->tokenizer, prompt, variants, tail, max_new, [&](size_t i, const Answer& a) {
+    shared[i] = a.text;
+    prefill_s[i] = a.prefill_s;
+  });
+  EXPECT_EQ((prefill_s[0] > 0) + (prefill_s[1] > 0), 1) << "one prefill for both";
+  for (size_t i = 0; i < variants.size(); ++i) {
+    Session s(L->model, engine_options(variants[i], int64_t(prompt.size()) + max_new));
+    EXPECT_EQ(answer_prompt(s, L->tokenizer, prompt, tail, max_new).text, shared[i]) << variant_name(variants[i]);
+  }
+  Session quest(L->model, engine_options({Method::quest, 16, false, GroupSelection::per_head}, 64));
+  quest.prefill(std::span(prompt).first(20));
+  EXPECT_THROW(quest.truncate(10), Error);
+  Session full(L->model, engine_options(variants[1], 64));
+  EXPECT_THROW(full.set_attention(engine_options(variants[0], 64).attention), Error);  // no codes in its cache
 }
 
 }  // namespace
