@@ -1,11 +1,19 @@
 // `adamas bench attention --device cpu`: one layer's decode attention, dense vs Adamas (estimate / select / attend),
 // on a synthetic cache at a real model's shape, with the machine's copy bandwidth measured in the same run.
+// `--device cuda` runs the CUDA benchmark (bench/cuda/bench_attention_cuda, built with the CUDA backend) with the
+// same contexts, budgets, iterations and JSON file.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "adamas/attention.h"
 #include "apps.h"
@@ -14,8 +22,54 @@
 
 namespace adamas::app {
 
+namespace {
+
+std::string join(const std::vector<int64_t>& v) {
+  std::string s;
+  for (int64_t x : v) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(x);
+  }
+  return s;
+}
+
+// The CUDA benchmark binary: $ADAMAS_BENCH_CUDA, else bench/cuda/bench_attention_cuda of this binary's build tree.
+std::filesystem::path cuda_bench_path() {
+  if (const char* e = std::getenv("ADAMAS_BENCH_CUDA")) return e;
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  return self.parent_path().parent_path() / "bench" / "cuda" / "bench_attention_cuda";
+}
+
+// Replaces this process by bench_attention_cuda (returns only on errors, which it raises).
+int bench_attention_cuda(const BenchAttentionArgs& a) {
+  ADAMAS_CHECK_ARG(a.dim == 128 && a.dtype == "f16", "--device cuda benchmarks head_dim 128 with f16 K/V (got --dim {} --dtype {})", a.dim, a.dtype);
+  ADAMAS_CHECK_ARG(a.heads == 32 && (a.kv_heads == 32 || a.kv_heads == 8),
+                   "--device cuda benchmarks the Llama-2-7B (--heads 32 --kv-heads 32) and Llama-3-8B (--heads 32 "
+                   "--kv-heads 8) shapes (got --heads {} --kv-heads {})", a.heads, a.kv_heads);
+  ADAMAS_CHECK_ARG(a.iters > 0, "--iters {} (expected > 0)", a.iters);
+  const std::filesystem::path exe = cuda_bench_path();
+  ADAMAS_CHECK(!exe.empty() && ::access(exe.c_str(), X_OK) == 0, ErrorKind::unsupported,
+               "--device cuda: this build has no CUDA benchmark ({} not found; configure on a machine with nvcc so "
+               "that the CUDA backend and bench_attention_cuda are built, or set ADAMAS_BENCH_CUDA)", exe.string());
+  std::vector<std::string> args{exe.string(), "--shapes", a.kv_heads == 32 ? "mha" : "gqa", "--ctx", join(a.contexts),
+                                "--budgets", join(a.budgets), "--iters", std::to_string(a.iters)};
+  if (!a.json.empty()) args.insert(args.end(), {"--json", a.json});
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  ::execv(exe.c_str(), argv.data());
+  ADAMAS_CHECK(false, ErrorKind::unsupported, "--device cuda: cannot run {}", exe.string());
+  return 1;
+}
+
+}  // namespace
+
 int bench_attention(const BenchAttentionArgs& a) {
-  ADAMAS_CHECK_ARG(a.device == "cpu", "--device {} is not available in this command (expected cpu)", a.device);
+  if (a.device == "cuda") return bench_attention_cuda(a);
+  ADAMAS_CHECK_ARG(a.device == "cpu", "--device {} is not available in this command (expected cpu or cuda)", a.device);
   ADAMAS_CHECK_ARG(a.heads > 0 && a.kv_heads > 0 && a.heads % a.kv_heads == 0,
                    "--heads {} must be a positive multiple of --kv-heads {}", a.heads, a.kv_heads);
   ADAMAS_CHECK_ARG(is_supported_dim(a.dim), "--dim {} is not a power of two in [16, 512]", a.dim);

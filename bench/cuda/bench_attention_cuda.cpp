@@ -243,6 +243,9 @@ int main(int argc, char** argv) {
     std::printf("  empty kernel, no parameters            %7.2f us\n", empty_us);
     std::printf("  empty kernel, 5.6 KB parameter         %7.2f us\n",
                 timer.median_us([&] { bench_empty_big_param(); }, iters));
+    for (int blocks : {1, 256})
+      std::printf("  empty kernel, 5.6 KB parameter, cooperative launch of %3d blocks %7.2f us\n", blocks,
+                  timer.median_us([&] { bench_coop_kernel(blocks); }, iters));
     for (int C : {1, 8, 16})
       for (int syncs : {0, 3}) {
         const int blocks = C == 16 ? 128 : 256;

@@ -78,6 +78,19 @@ void bench_cluster_kernel(int blocks, int cluster, int syncs, int smem) {
   cfg.numAttrs = 1;
   cudaLaunchKernelEx(&cfg, cluster_kernel, p, syncs);
 }
+// An empty kernel of `blocks` blocks launched cooperatively (the grid select's launch), 5.6 KB parameter.
+void bench_coop_kernel(int blocks) {
+  static BigParam p{};
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(blocks));
+  cfg.blockDim = dim3(256);
+  cudaLaunchAttribute a[1];
+  a[0].id = cudaLaunchAttributeCooperative;
+  a[0].val.cooperative = 1;
+  cfg.attrs = a;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, empty_big_kernel, p);
+}
 int bench_max_clusters(int cluster, int smem) {
   cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);

@@ -13,4 +13,5 @@ void bench_empty_kernel();
 void bench_empty_big_param();
 void bench_cluster_kernel(int blocks, int cluster, int syncs, int smem);
 int bench_max_clusters(int cluster, int smem);
+void bench_coop_kernel(int blocks);
 void bench_stamp(unsigned long long* out);

@@ -418,6 +418,17 @@ TEST(CudaAttend, DenseMatchesCpu) {
   }
 }
 
+// Sparse attend merges (ADAMAS_CUDA_ATTEND_NO_CLUSTER): unset = chunks of a unit merge in a cluster where all
+// clusters fit; set = the last block merges the partials from global memory (the path of large batches).
+class AttendMergeEnv {
+ public:
+  explicit AttendMergeEnv(bool no_cluster) {
+    if (no_cluster) setenv("ADAMAS_CUDA_ATTEND_NO_CLUSTER", "1", 1);
+    else unsetenv("ADAMAS_CUDA_ATTEND_NO_CLUSTER");
+  }
+  ~AttendMergeEnv() { unsetenv("ADAMAS_CUDA_ATTEND_NO_CLUSTER"); }
+};
+
 TEST(CudaAttend, SelectedRowsMatchCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
@@ -425,31 +436,35 @@ TEST(CudaAttend, SelectedRowsMatchCpu) {
   for (const auto& ac : attn_cases()) {
     for (GroupSelection gs : {GroupSelection::per_head, GroupSelection::shared_sum}) {
       for (int64_t budget : {64, 1000, 4096}) {
-        SCOPED_TRACE(std::string(ac.name) + " " + group_selection_name(gs) + " budget " + std::to_string(budget));
-        AttentionConfig cfg;
-        cfg.budget = budget, cfg.group = gs, cfg.thresholds = {-0.6f, 0.0f, 0.6f};
-        Batch bt(ac.c, rng, cfg.thresholds);
-        const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size()), g = H / ac.c.kv_heads;
-        const float scale = 1.0f / std::sqrt(float(D));
-        const cuda::SelectionView sel = cuda::select(bt.inputs(), cfg, ws, nullptr);
-        Dev<float> dout(size_t(B * H * D));
-        dout.poison();
-        cuda::attend_selected(bt.inputs(), cfg, ws, scale, dout.p, nullptr);
-        sync_ok();
-        const auto got = dout.download();
-        std::vector<int32_t> idx(size_t(sel.batch * sel.units * sel.capacity)), cnt(size_t(sel.batch * sel.units));
-        ck(cudaMemcpy(idx.data(), sel.indices, idx.size() * 4, cudaMemcpyDeviceToHost), "idx");
-        ck(cudaMemcpy(cnt.data(), sel.counts, cnt.size() * 4, cudaMemcpyDeviceToHost), "cnt");
-        std::vector<float> ref(size_t(B * H * D));
-        for (int64_t b = 0; b < B; ++b) {
-          const DecodeInputs in = bt.cpu_inputs(size_t(b));
-          for (int64_t h = 0; h < H; ++h) {
-            const int64_t row = b * sel.units + (sel.shared ? h / g : h);
-            attend_rows(in.q + h * D, in.k, in.v, h / g, idx.data() + row * sel.capacity, cnt[row], scale,
-                        ref.data() + (b * H + h) * D);
+        for (bool no_cluster : {false, true}) {
+          const AttendMergeEnv env(no_cluster);
+          SCOPED_TRACE(std::string(ac.name) + " " + group_selection_name(gs) + " budget " + std::to_string(budget) +
+                       (no_cluster ? " (global merge)" : ""));
+          AttentionConfig cfg;
+          cfg.budget = budget, cfg.group = gs, cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+          Batch bt(ac.c, rng, cfg.thresholds);
+          const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size()), g = H / ac.c.kv_heads;
+          const float scale = 1.0f / std::sqrt(float(D));
+          const cuda::SelectionView sel = cuda::select(bt.inputs(), cfg, ws, nullptr);
+          Dev<float> dout(size_t(B * H * D));
+          dout.poison();
+          cuda::attend_selected(bt.inputs(), cfg, ws, scale, dout.p, nullptr);
+          sync_ok();
+          const auto got = dout.download();
+          std::vector<int32_t> idx(size_t(sel.batch * sel.units * sel.capacity)), cnt(size_t(sel.batch * sel.units));
+          ck(cudaMemcpy(idx.data(), sel.indices, idx.size() * 4, cudaMemcpyDeviceToHost), "idx");
+          ck(cudaMemcpy(cnt.data(), sel.counts, cnt.size() * 4, cudaMemcpyDeviceToHost), "cnt");
+          std::vector<float> ref(size_t(B * H * D));
+          for (int64_t b = 0; b < B; ++b) {
+            const DecodeInputs in = bt.cpu_inputs(size_t(b));
+            for (int64_t h = 0; h < H; ++h) {
+              const int64_t row = b * sel.units + (sel.shared ? h / g : h);
+              attend_rows(in.q + h * D, in.k, in.v, h / g, idx.data() + row * sel.capacity, cnt[row], scale,
+                          ref.data() + (b * H + h) * D);
+            }
           }
+          EXPECT_LT(rel_err(got, ref), kTol);
         }
-        EXPECT_LT(rel_err(got, ref), kTol);
       }
     }
   }

@@ -7,6 +7,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+
+#include <cooperative_groups.h>
 
 #include "attention/cuda/common.cuh"
 #include "attention/cuda/launch.h"
@@ -34,6 +37,7 @@ struct AttendParams {
   int64_t cap;
   int shared_sel, budget;
   int chunk, max_chunks, units;
+  int cluster;  // v4: the chunks of a unit are one thread-block cluster and merge through distributed shared memory
   float* part;  // [batch][n_heads][max_chunks][D + 2]
   uint32_t* done;  // [batch][units]
   float* out;  // [batch][n_heads][D]
@@ -64,16 +68,19 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) attend_kernel(const 
   static_assert(U >= 1 && VR >= 1, "tile shape");
   static_assert(size_t(NRG) * D * 4 <= stage_bytes<D, T>() * kStages, "reduction buffer aliases the stages");
   static_assert(size_t(G) * 257 * 4 <= stage_bytes<D, T>() * kStages, "merge weights alias the stages");
+  static_assert(size_t(NRG + G) * D * 4 <= stage_bytes<D, T>() * kStages, "cluster partials alias the stages");
 
   extern __shared__ __align__(16) unsigned char dsm[];
   T* Ks = reinterpret_cast<T*>(dsm);                      // [kStages][SR][D]
   T* Vs = Ks + size_t(kStages) * SR * D;                   // [kStages][SR][D]
   int32_t* s_idx = reinterpret_cast<int32_t*>(Vs + size_t(kStages) * SR * D);  // [chunk] (sparse)
   float* red = reinterpret_cast<float*>(dsm);              // [NRG][D], after the pipeline has drained
+  float* cpart = red + NRG * D;                             // [G][D] this chunk's accumulators (cluster merge)
   __shared__ float s_p[G][SR];
   __shared__ float s_m[G], s_l[G], s_alpha[G];
   __shared__ int s_last;
 
+  wait_primary();  // launched after the selection with programmatic serialization: its indices are complete
   const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
   const SeqDesc& sq = p.bd.seq[b];
   const int64_t n = sq.n;
@@ -90,8 +97,8 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) attend_kernel(const 
     nrows = min(int64_t(p.budget), n);
   }
   const int nchunks = int((nrows + p.chunk - 1) / p.chunk);
-  if (chunk >= nchunks) return;
-  const int64_t r_begin = int64_t(chunk) * p.chunk, r_end = min(nrows, r_begin + p.chunk);
+  if (chunk >= nchunks && !p.cluster) return;  // (in a cluster, every block takes part in the merge)
+  const int64_t r_begin = min(nrows, int64_t(chunk) * p.chunk), r_end = min(nrows, r_begin + p.chunk);
   const int rows = int(r_end - r_begin);
   const int ntiles = (rows + SR - 1) / SR;
   const T* K = static_cast<const T*>(sq.k) + kvh * sq.k_head;
@@ -234,7 +241,9 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) attend_kernel(const 
       float v = 0.0f;
 #pragma unroll 8
       for (int i = 0; i < NRG; ++i) v += red[i * D + tid];
-      if (nchunks == 1) {
+      if (p.cluster) {
+        cpart[g * D + tid] = v;
+      } else if (nchunks == 1) {
         p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + tid] = v / s_l[g];
       } else {
         float* pp = part_base + (int64_t(g) * p.max_chunks + chunk) * (D + 2);
@@ -245,6 +254,32 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) attend_kernel(const 
     __syncthreads();
   }
   ADAMAS_STAMP(p.stamps, 4);
+  if (p.cluster) {
+    // v4: the C blocks of the unit (C = gridDim.x) merge through distributed shared memory: block k folds columns
+    // [k S, k S + S) of the G heads over the C partials (max, sum, accumulators); empty chunks hold (-inf, 0, 0).
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync();
+    ADAMAS_STAMP(p.stamps, 5);
+    const int C = int(cl.num_blocks()), rank = int(cl.block_rank());
+    const int S = (G * D + C - 1) / C;
+    for (int i = rank * S + tid; i < min(G * D, rank * S + S); i += kThreads) {
+      const int g = i / D;
+      float M = -INFINITY;
+      for (int c = 0; c < C; ++c) M = fmaxf(M, cl.map_shared_rank(s_m, c)[g]);
+      float L = 0.0f, A = 0.0f;
+      for (int c = 0; c < C; ++c) {
+        const float m = cl.map_shared_rank(s_m, c)[g];
+        const float w = m == -INFINITY ? 0.0f : exp2f(m - M);
+        L += cl.map_shared_rank(s_l, c)[g] * w;
+        A += cl.map_shared_rank(cpart, c)[i] * w;
+      }
+      p.out[(int64_t(b) * p.n_heads + qh0 + g) * D + i % D] = A / L;
+    }
+    cl.sync();  // the other blocks' shared memory is read
+    ADAMAS_STAMP(p.stamps, 6);
+    return;
+  }
   if (nchunks == 1) return;
   __threadfence();
   __syncthreads();
@@ -299,29 +334,60 @@ int blocks_per_sm() {
   return v;
 }
 
-template <int D, int G>
-void launch_dg(const AttendParams& p, DType dtype, dim3 grid, cudaStream_t stream) {
-  const size_t smem = p.idx ? (dtype == DType::f16 ? kernel_smem<D, G, __half>(p.chunk, true)
-                                                   : kernel_smem<D, G, __nv_bfloat16>(p.chunk, true))
-                            : (dtype == DType::f16 ? kernel_smem<D, G, __half>(0, false)
-                                                   : kernel_smem<D, G, __nv_bfloat16>(0, false));
-  if (dtype == DType::f16) {
-    blocks_per_sm<D, G, __half>();  // sets the shared-memory attribute
-    attend_kernel<D, G, __half><<<grid, kThreads, smem, stream>>>(p);
-  } else {
-    blocks_per_sm<D, G, __nv_bfloat16>();
-    attend_kernel<D, G, __nv_bfloat16><<<grid, kThreads, smem, stream>>>(p);
+// Clusters of C blocks of attend_kernel<D, G, T> (smem bytes each) resident at once.
+template <int D, int G, class T>
+int attend_clusters(int C, size_t smem) {
+  blocks_per_sm<D, G, T>();  // sets the shared-memory attribute
+  return max_active_clusters(reinterpret_cast<const void*>(attend_kernel<D, G, T>), kThreads, C, smem);
+}
+
+template <int D, int G, class T>
+size_t launch_smem(const AttendParams& p) {
+  return p.idx ? kernel_smem<D, G, T>(p.chunk, true) : kernel_smem<D, G, T>(0, false);
+}
+
+// Launches attend_kernel<D, G, T>; or, when p.cluster, answers whether clusters of grid.x blocks would all be
+// resident (probe) or launches them so.
+template <int D, int G, class T>
+bool launch_dgt(const AttendParams& p, dim3 grid, cudaStream_t stream, bool probe) {
+  const size_t smem = launch_smem<D, G, T>(p);
+  blocks_per_sm<D, G, T>();  // sets the shared-memory attribute
+  if (p.cluster && attend_clusters<D, G, T>(int(grid.x), smem) < int(grid.y * grid.z)) return false;
+  if (probe) return true;
+  // Clusters (p.cluster) and, after a selection (p.idx), programmatic stream serialization: this launch overlaps
+  // the selection's last blocks and waits for its results in the kernel (v5).
+  cudaLaunchAttribute attr[2];
+  cudaLaunchConfig_t cfg = cluster_launch_config(grid, kThreads, int(grid.x), smem, stream, attr);
+  cfg.numAttrs = p.cluster ? 1 : 0;
+  if (p.idx) {
+    attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+    ++cfg.numAttrs;
   }
-  launch_check("attend kernel launch");
+  check_cuda(cudaLaunchKernelEx(&cfg, attend_kernel<D, G, T>, p), "attend kernel launch");
+  return true;
+}
+
+template <int D, int G>
+bool launch_dg(const AttendParams& p, DType dtype, dim3 grid, cudaStream_t stream, bool probe) {
+  return dtype == DType::f16 ? launch_dgt<D, G, __half>(p, grid, stream, probe)
+                             : launch_dgt<D, G, __nv_bfloat16>(p, grid, stream, probe);
 }
 
 template <int D>
-void launch_d(const AttendParams& p, int G, DType dtype, dim3 grid, cudaStream_t stream) {
+bool launch_d(const AttendParams& p, int G, DType dtype, dim3 grid, cudaStream_t stream, bool probe) {
   switch (G) {
-    case 1: launch_dg<D, 1>(p, dtype, grid, stream); break;
-    case 2: launch_dg<D, 2>(p, dtype, grid, stream); break;
-    case 4: launch_dg<D, 4>(p, dtype, grid, stream); break;
-    case 8: launch_dg<D, 8>(p, dtype, grid, stream); break;
+    case 1: return launch_dg<D, 1>(p, dtype, grid, stream, probe);
+    case 2: return launch_dg<D, 2>(p, dtype, grid, stream, probe);
+    case 4: return launch_dg<D, 4>(p, dtype, grid, stream, probe);
+    default: return launch_dg<D, 8>(p, dtype, grid, stream, probe);
+  }
+}
+bool launch_any(const AttendParams& p, int D, int G, DType dtype, dim3 grid, cudaStream_t stream, bool probe) {
+  switch (D) {
+    case 64: return launch_d<64>(p, G, dtype, grid, stream, probe);
+    case 128: return launch_d<128>(p, G, dtype, grid, stream, probe);
+    default: return launch_d<256>(p, G, dtype, grid, stream, probe);
   }
 }
 
@@ -360,10 +426,29 @@ void run_attention(const BatchInputs& in, const SelectionView* sel, int64_t budg
   }
   const int64_t slots = int64_t(occ) * Sx.sms;
   const int64_t per_unit = std::clamp<int64_t>(slots / std::min<int64_t>(batch, kMaxBatch) / units, 1, 256);
-  int64_t chunk = (rows_max + per_unit - 1) / per_unit;
-  chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
+  auto chunk_of = [&](int64_t parts) { return std::max<int64_t>(16, ((rows_max + parts - 1) / parts + 15) / 16 * 16); };
+  int64_t chunk = chunk_of(per_unit);
   if (sel) chunk = std::min<int64_t>(chunk, kMaxSparseChunk);
-  const int max_chunks = int((rows_max + chunk - 1) / chunk);
+  int max_chunks = int((rows_max + chunk - 1) / chunk);
+  // v4, selected rows: the chunks of a unit form a cluster of C blocks that merges through distributed shared memory
+  // (v3: fence, arrival counter, and the last block reloading every partial from L2: ~3 us of the ~7 us kernel).
+  // C = the fewest of 2 or 4 blocks that hold at most 64 rows each, halved until every cluster of a launch is
+  // resident; none when one block takes all the rows, above 256 rows (measured v4: a gain of ~0.3 us up to 256 rows,
+  // a loss above, where 8-block clusters are not all resident and 4 blocks get too many rows), or no size fits.
+  int cluster = 0;
+  const int64_t batch_chunk = std::min<int64_t>(batch, kMaxBatch);
+  if (sel && rows_max > 16 && rows_max <= 256 && std::getenv("ADAMAS_CUDA_ATTEND_NO_CLUSTER") == nullptr) {
+    int C = 2;
+    while (C < 4 && chunk_of(C) > 64) C *= 2;
+    for (; C >= 2 && cluster == 0; C /= 2) {
+      if (chunk_of(C) > kMaxSparseChunk) break;
+      AttendParams probe{};
+      probe.idx = sel->indices, probe.chunk = int(chunk_of(C)), probe.cluster = 1;
+      if (launch_any(probe, D, G, k0.dtype, dim3(unsigned(C), unsigned(units), unsigned(batch_chunk)), nullptr, true))
+        cluster = C;
+    }
+    if (cluster) chunk = chunk_of(cluster), max_chunks = cluster;
+  }
   CUDA_REQUIRE(max_chunks <= 256, ErrorKind::unsupported, where, ": ", rows_max, " rows per head exceed 256 chunks of ", chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
   ensure(&Sx.done, &Sx.done_bytes, size_t(batch * units) * 4, true);
@@ -380,7 +465,7 @@ void run_attention(const BatchInputs& in, const SelectionView* sel, int64_t budg
       p.shared_sel = sel->shared;
       p.budget = int(budget);
     }
-    p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = units;
+    p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = units, p.cluster = cluster > 0;
     p.part = Sx.part + b0 * n_heads * max_chunks * (D + 2);
     p.done = Sx.done + b0 * units;
     p.out = out + b0 * n_heads * D;
@@ -389,14 +474,11 @@ void run_attention(const BatchInputs& in, const SelectionView* sel, int64_t budg
     if (launch_verbose()) {
       char line[256];
       std::snprintf(line, sizeof line, "[adamas] attend %s D=%d G=%d: grid %ux%ux%u, chunk %lld rows, occupancy "
-                    "%d/SM\n", sel ? "sparse" : "dense", D, G, grid.x, grid.y, grid.z, (long long)chunk, occ);
+                    "%d/SM, cluster %d\n", sel ? "sparse" : "dense", D, G, grid.x, grid.y, grid.z, (long long)chunk,
+                    occ, cluster);
       verbose_print(line);
     }
-    switch (D) {
-      case 64: launch_d<64>(p, G, k0.dtype, grid, stream); break;
-      case 128: launch_d<128>(p, G, k0.dtype, grid, stream); break;
-      case 256: launch_d<256>(p, G, k0.dtype, grid, stream); break;
-    }
+    launch_any(p, D, G, k0.dtype, grid, stream, false);
   }
 }
 

@@ -75,6 +75,14 @@ unsigned long long* stamp_buffer(int which);  // 0 select, 1 attend
 bool launch_verbose();                        // ADAMAS_CUDA_VERBOSE set: launches print their configuration
 void verbose_print(const std::string& line);  // to stderr, unless one of the last 4 lines printed was the same
 
+// ---- programmatic dependent launch (v5) -------------------------------------------------------------------------
+// The selection kernels let the attend launch that follows them start (launch_dependents: its blocks are scheduled
+// as ours exit, its launch latency hidden); the attend kernel, launched with the programmatic-serialization
+// attribute, waits for the selection to be complete and visible (wait_primary) before anything else. Both are no-ops
+// for launches without the attribute.
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 // ---- dtype helpers ------------------------------------------------------------------------------------------
 
 template <class T>

@@ -23,6 +23,13 @@ struct RowInfo {
 // Checks a batch and returns its descriptor chunks (kMaxBatch sequences each).
 std::vector<BatchDesc> make_batches(const BatchInputs& in, bool need_codes, const char* where);
 
+// Launch configuration of `grid` (blocks of `threads`) in clusters of C blocks along x; attr: room for one.
+cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int C, size_t smem, cudaStream_t stream,
+                                         cudaLaunchAttribute* attr);
+// Most clusters of C blocks of `kernel` (its attributes already set) resident at once at `smem` bytes of dynamic
+// shared memory, 0 when none fits; cached per (kernel, C, smem).
+int max_active_clusters(const void* kernel, int threads, int C, size_t smem);
+
 }  // namespace adamas::cuda::detail
 
 namespace adamas::cuda {

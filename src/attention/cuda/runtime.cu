@@ -1,7 +1,10 @@
 // Host side of the CUDA backend: device queries, error checks, the workspace, batch descriptors.
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "attention/cuda/launch.h"
 
@@ -91,6 +94,37 @@ void ensure(void** ptr, size_t* have, size_t bytes, bool zero) {
   check_cuda(cudaMalloc(ptr, bytes), "workspace: cudaMalloc");
   if (zero) check_cuda(cudaMemset(*ptr, 0, bytes), "workspace: cudaMemset");
   *have = bytes;
+}
+
+cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int C, size_t smem, cudaStream_t stream,
+                                         cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(C), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+int max_active_clusters(const void* kernel, int threads, int C, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(kernel, C, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t cfg = cluster_launch_config(dim3(unsigned(C)), threads, C, smem, nullptr, attr);
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+  cache[key] = n;
+  return n;
 }
 
 std::vector<BatchDesc> make_batches(const BatchInputs& in, bool need_codes, const char* where) {

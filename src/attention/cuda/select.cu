@@ -427,11 +427,12 @@ __device__ __forceinline__ void distance_pass(const Params& p, int b, int kvh, i
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int part = lane % LPT;
   const uint8_t* cbase = sq.codes + kvh * sq.c_head;
-  auto load = [&](int64_t it, int u, uint4& v) {
-    const int64_t local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
+  const uint8_t* cblock = cbase + t_begin * sq.c_tok + part * 16;
+  auto load = [&](int it, int u, uint4& v) {
+    const int local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
     v = make_uint4(0, 0, 0, 0);
     if (local < len) {
-      const uint8_t* ptr = cbase + (t_begin + local) * sq.c_tok + part * 16;
+      const uint8_t* ptr = cblock + int64_t(local) * sq.c_tok;
       if (vec_codes) {
         v = __ldg(reinterpret_cast<const uint4*>(ptr));
       } else {
@@ -453,8 +454,11 @@ __device__ __forceinline__ void distance_pass(const Params& p, int b, int kvh, i
     const uint32_t* w = qw_s + g * W + part * 4;
     qc[g] = lane_codes(w[0], w[1], w[2], w[3]);
   }
-  const int64_t iters = (len + int64_t(U) * TPI - 1) / (int64_t(U) * TPI);
-  for (int64_t it = 0; it < iters; ++it) {
+  // middle tokens of this block: local indices [mid_lo, mid_hi)
+  const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
+  const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
+  const int iters = (len + U * TPI - 1) / (U * TPI);
+  for (int it = 0; it < iters; ++it) {
     if (it > 0) {
 #pragma unroll
       for (int u = 0; u < U; ++u) load(it, u, buf[u]);
@@ -469,10 +473,9 @@ __device__ __forceinline__ void distance_pass(const Params& p, int b, int kvh, i
 #pragma unroll
         for (int o = 1; o < LPT; o *= 2) d[g] += __shfl_xor_sync(0xffffffffu, d[g], o);
       }
-      const int64_t local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
+      const int local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
       if (part == 0 && local < len) {
-        const int64_t t = t_begin + local;
-        const bool mid = t >= s0 && t < tail;
+        const bool mid = local >= mid_lo && local < mid_hi;
         if constexpr (SHARED) {
           int sum = 0;
 #pragma unroll
@@ -495,7 +498,9 @@ __device__ __forceinline__ void distance_pass(const Params& p, int b, int kvh, i
 // (forced, or middle below cut[r]) and the ties past the first skip[r] of the row go to their ranks in the row's
 // output; pre[r] = kept and tie tokens of the row before this block. Warp w takes row w / (8 / R) and a contiguous
 // segment of it, 8 tokens per lane per step (one 16-byte read of distances): a count pass, one block barrier, a
-// placement pass (v4; v3 scanned the whole block per 4096 tokens, two barriers each).
+// placement pass (v4; v3 scanned the whole block per 4096 tokens, two barriers each). v5: kept/tie bit masks per
+// group of 8 and a fast path for groups inside the middle (v4 spent ~17 instructions per token and pass: 2.8 us
+// of MHA 32K's select, 8.8 us of GQA 128K's).
 template <int R>
 __device__ void compact_rows(const uint16_t* dist, int tmax, int len, int64_t t_begin, int64_t s0, int64_t tail,
                              const int* cut, const int* skip, const uint32_t (*pre)[2], int32_t* out_row0,
@@ -510,22 +515,34 @@ __device__ void compact_rows(const uint16_t* dist, int tmax, int len, int64_t t_
   const int g0 = min(groups, s * gps), g1 = min(groups, g0 + gps);
   const uint16_t* drow = dist + int64_t(r) * tmax;
   const int c = cut[r];
-  // 2 bits per token of the group of 8 at g: 1 = kept, 2 = tie; counts added to a and e.
+  // middle tokens of this block: local indices [mid_lo, mid_hi)
+  const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
+  const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
+  // 2 bits per token of the group of 8 at g: 1 = kept, 2 = tie; counts added to a and e. A group wholly inside the
+  // middle (nearly all of them) takes 2 compares per token and 2 POPC per group.
   auto kinds = [&](int g, uint32_t& a, uint32_t& e) {
     const uint4 v = *reinterpret_cast<const uint4*>(drow + g * 8);
-    const uint16_t* dv = reinterpret_cast<const uint16_t*>(&v);
-    uint32_t kind = 0;
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    const int i0 = g * 8;
+    uint32_t km = 0, tm = 0;  // kept and tie bits, token j at bit j
+    if (i0 >= mid_lo && i0 + 8 <= mid_hi) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int i = g * 8 + j;
-      const int64_t t = t_begin + i;
-      const bool mid = t >= s0 && t < tail;
-      const bool keep = i < len && (!mid || int(dv[j]) < c);
-      const bool tie = i < len && mid && int(dv[j]) == c;
-      kind |= (keep ? 1u : tie ? 2u : 0u) << (2 * j);
-      a += keep, e += tie;
+      for (int j = 0; j < 8; ++j) {
+        const int d = int((w[j / 2] >> (16 * (j & 1))) & 0xffffu);
+        km |= uint32_t(d < c) << j;
+        tm |= uint32_t(d == c) << j;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = i0 + j, d = int((w[j / 2] >> (16 * (j & 1))) & 0xffffu);
+        const bool mid = i >= mid_lo && i < mid_hi;
+        km |= uint32_t(i < len && (!mid || d < c)) << j;
+        tm |= uint32_t(i < len && mid && d == c) << j;
+      }
     }
-    return kind;
+    a += __popc(km), e += __popc(tm);
+    return km | (tm << 8);
   };
   uint32_t a = 0, e = 0;
   for (int g = g0 + lane; g < g1; g += 32) kinds(g, a, e);
@@ -551,19 +568,17 @@ __device__ void compact_rows(const uint16_t* dist, int tmax, int len, int64_t t_
     }
     const uint32_t ex = incl - v, tot = __shfl_sync(0xffffffffu, incl, 31);
     uint32_t ab = ca + (ex & 0xffffu), eb = ce + (ex >> 16);
-    if (kind) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const uint32_t k = (kind >> (2 * j)) & 3u;
-        const int32_t t = int32_t(t_begin + g * 8 + j);
-        if (k == 1) {
-          out[ab + (eb > sk ? eb - sk : 0)] = t;
-          ++ab;
-        } else if (k == 2) {
-          if (eb >= sk) out[ab + eb - sk] = t;
-          ++eb;
-        }
+    for (uint32_t m = kind & 0xffffu; m != 0;) {  // kept/tie tokens in order (bit j: kept, bit 8 + j: tie)
+      const int j = __ffs(int((m | (m >> 8)) & 0xffu)) - 1;
+      const int32_t t = int32_t(t_begin + g * 8 + j);
+      if (m >> j & 1u) {
+        out[ab + (eb > sk ? eb - sk : 0)] = t;
+        ++ab;
+      } else {
+        if (eb >= sk) out[ab + eb - sk] = t;
+        ++eb;
       }
+      m &= ~((1u << j) | (1u << (8 + j)));
     }
     ca += tot & 0xffffu, ce += tot >> 16;
   }
@@ -617,24 +632,30 @@ __device__ __forceinline__ uint32_t block_sum(uint32_t v, uint32_t* warp_sums) {
 // cut lies in these bins.
 __device__ __forceinline__ void find_cut(const uint32_t* h, int bins, int64_t before, int64_t need, int first_bin,
                                          int* cut, int* skip) {
+  // v5: lane l sums bins [l k, l k + k) (independent loads), one warp scan finds the lane holding the cut, which
+  // walks its k bins (v4: ceil(bins / 32) dependent rounds of a 32-bin warp scan).
   const int lane = threadIdx.x & 31;
-  for (int base = 0; base < bins; base += 32) {
-    const uint32_t v = base + lane < bins ? h[base + lane] : 0u;
-    uint32_t c = v;
+  const int k = (bins + 31) / 32, lo = min(bins, lane * k), hi = min(bins, lo + k);
+  uint32_t mine = 0;
+  for (int i = lo; i < hi; ++i) mine += h[i];
+  uint32_t incl = mine;
 #pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const uint32_t y = __shfl_up_sync(0xffffffffu, c, o);
-      if (lane >= o) c += y;
+  for (int o = 1; o < 32; o *= 2) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  const uint32_t ok = __ballot_sync(0xffffffffu, before + int64_t(incl) >= need);
+  // The caller knows the cut lies in these bins: ok != 0. Its lane walks its bins.
+  if (lane == __ffs(ok) - 1) {
+    int64_t c = before + int64_t(incl - mine);
+    for (int i = lo; i < hi; ++i) {
+      const uint32_t v = h[i];
+      if (c + v >= need) {
+        *cut = first_bin + i, *skip = int(v) - int(need - c);
+        break;
+      }
+      c += v;
     }
-    const uint32_t ok = __ballot_sync(0xffffffffu, before + int64_t(c) >= need);
-    if (ok) {
-      const int f = __ffs(ok) - 1;
-      const int64_t below = before + int64_t(__shfl_sync(0xffffffffu, c, f)) - __shfl_sync(0xffffffffu, v, f);
-      const int ties = int(__shfl_sync(0xffffffffu, v, f));
-      if (lane == 0) *cut = first_bin + base + f, *skip = ties - int(need - below);
-      return;
-    }
-    before += __shfl_sync(0xffffffffu, c, 31);
   }
 }
 
@@ -653,6 +674,7 @@ __global__ void __launch_bounds__(kThreads, 2) fused_select_kernel(const __grid_
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // first output row of this block
   ADAMAS_STAMP(p.stamps, 0);
+  launch_dependents();
 
   if (n <= p.budget) {  // keep everything (the whole cluster takes this branch: no cluster barriers)
     keep_all<R>(t_begin, len, n, rank == 0, p.idx + row0 * p.cap, p.cap, p.counts + row0);
@@ -771,7 +793,6 @@ template <int D, int G, bool SHARED>
 __global__ void __launch_bounds__(kThreads, 2) grid_select_kernel(const __grid_constant__ GridParams p) {
   constexpr int W = D / 16;
   constexpr int R = SHARED ? 1 : G;
-  constexpr int kWarps = kThreads / 32;
   const int P = p.P, rank = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int64_t n = p.bd.seq[b].n;
   int64_t t_begin;
@@ -779,6 +800,7 @@ __global__ void __launch_bounds__(kThreads, 2) grid_select_kernel(const __grid_c
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);
   ADAMAS_STAMP(p.stamps, 0);
+  launch_dependents();
   if (n <= p.budget) {  // every block of this (sequence, KV head) takes this branch: no barrier
     keep_all<R>(t_begin, len, n, rank == 0, p.idx + row0 * p.cap, p.cap, p.counts + row0);
     return;
@@ -788,28 +810,38 @@ __global__ void __launch_bounds__(kThreads, 2) grid_select_kernel(const __grid_c
   uint32_t* hist = smem;               // [R][bins]: this block's, then (after the barrier) the rows'
   uint32_t* qw_s = hist + R * p.bins;  // [G][W] query code words
   uint16_t* dist = reinterpret_cast<uint16_t*>(smem + dist_offset_words(R * p.bins + G * W));  // [R][tmax]
-  __shared__ uint32_t s_gen, warp_sums[kWarps], pre[R][2];
+  __shared__ uint32_t s_gen, pre[R][2];
   __shared__ int s_cut[R], s_skip[R];
   uint32_t* bar = p.bar + (int64_t(b) * p.kv_heads + kvh) * 2;
-  if (tid == 0) s_gen = *reinterpret_cast<volatile uint32_t*>(bar + 1);  // before this block arrives
+  // The generation, read before this block arrives; its value is first needed after the distance pass (v4 stored it
+  // to shared memory at once, so warp 0 waited a DRAM round trip before making the query codes: ~1.5 us).
+  uint32_t gen_early = 0;
+  if (tid == 0) gen_early = *reinterpret_cast<volatile uint32_t*>(bar + 1);
 
   int64_t s0, tail;
   middle(n, p.sink, p.window, s0, tail);
   distance_pass<D, G, SHARED>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, hist);
+  if (tid == 0) s_gen = gen_early;
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 2);
 
-  // Publish: cumulative middle counts per row, and the histogram added into the row's (generation parity).
+  // Publish (warp r, row r; v5: the rows in parallel, no block barriers): cumulative middle counts, and the histogram
+  // added into the row's (generation parity).
   const uint32_t gen = s_gen, parity = gen & 1u;
   uint32_t* tot = p.total + parity * p.total_half + row0 * p.bins;
-  const int seg = (p.bins + kThreads) / kThreads;  // bins + 1 entries per row
-  for (int r = 0; r < R; ++r) {
+  if (warp < R) {
+    const int r = warp;
     const uint32_t* h = hist + r * p.bins;
-    const int lo = min(p.bins + 1, tid * seg), hi = min(p.bins + 1, lo + seg);
+    const int k = (p.bins + 32) / 32, lo = min(p.bins + 1, lane * k), hi = min(p.bins + 1, lo + k);  // bins + 1
     uint32_t mine = 0;
     for (int i = lo; i < min(hi, p.bins); ++i) mine += h[i];
-    uint32_t all;
-    uint32_t c = block_exclusive_scan(mine, warp_sums, all);
+    uint32_t c = mine;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, c, o);
+      if (lane >= o) c += y;
+    }
+    c -= mine;
     uint32_t* cum = p.cum + ((row0 + r) * P + rank) * (p.bins + 1);
     for (int i = lo; i < hi; ++i) {
       cum[i] = c;
@@ -820,10 +852,10 @@ __global__ void __launch_bounds__(kThreads, 2) grid_select_kernel(const __grid_c
       }
     }
   }
-  __threadfence();
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 3);
   if (tid == 0) {  // arrival barrier of the P blocks of (b, kvh); the last one resets the count, bumps the generation
+    __threadfence();  // the block's writes (ordered before this by the block barrier) before the arrival
     if (atomicAdd(bar, 1u) == uint32_t(P - 1)) {
       atomicExch(bar, 0u);
       __threadfence();
@@ -920,39 +952,13 @@ void prepare_fused_t() {
   });
 }
 
-cudaLaunchConfig_t fused_config(dim3 grid, int C, size_t smem, cudaStream_t stream, cudaLaunchAttribute* attr) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(C), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cfg;
-}
-
-// Most clusters of C blocks (smem bytes each) resident at once, 0 when none fits; cached per (C, smem).
+// Most clusters of C blocks (smem bytes each) resident at once, 0 when none fits.
 // v3: the cluster size is chosen so that every cluster of the launch is resident (v2's 32 clusters of 8 on an H100
 // got 30 slots: the last 2 ran as a second wave, doubling select's time).
 template <int D, int G, bool SH>
 int max_clusters_t(int C, size_t smem) {
-  static std::mutex mu;
-  static std::map<std::pair<int, size_t>, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(C, smem);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
   prepare_fused_t<D, G, SH>();
-  cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t cfg = fused_config(dim3(unsigned(C)), C, smem, nullptr, attr);
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, fused_select_kernel<D, G, SH>, &cfg) != cudaSuccess) {
-    (void)cudaGetLastError();
-    clusters = 0;
-  }
-  cache[key] = clusters;
-  return clusters;
+  return max_active_clusters(reinterpret_cast<const void*>(fused_select_kernel<D, G, SH>), kThreads, C, smem);
 }
 
 // Launches the fused kernel with clusters of C blocks; false when a cluster of that size cannot be resident.
@@ -961,7 +967,7 @@ bool launch_fused_t(const FusedParams& p, int C, size_t smem, dim3 grid, cudaStr
   const int clusters = max_clusters_t<D, G, SH>(C, smem);
   if (clusters < 1) return false;
   cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t cfg = fused_config(grid, C, smem, stream, attr);
+  const cudaLaunchConfig_t cfg = cluster_launch_config(grid, kThreads, C, smem, stream, attr);
   if (launch_verbose()) {
     char line[256];
     std::snprintf(line, sizeof line, "[adamas] fused select D=%d G=%d shared=%d: grid %ux%ux%u, cluster %d, smem "
