@@ -75,11 +75,11 @@ HfConfig load_hf_config(const std::string& path);
 std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name);
 
 // llama.cpp's converter permutes the rows of q_proj / k_proj (and their biases) of Llama-family models so that
-// RoPE rotates adjacent pairs (x[2i], x[2i+1]) ("normal" rope, what the engine implements) instead of HF's halves
-// (x[i], x[i + head_dim/2]). perm[r] is the HF row that becomes row r:
+// RoPE rotates adjacent pairs (x[2i], x[2i+1]) ("normal" rope) instead of HF's halves (x[i], x[i + head_dim/2]).
+// perm[r] is the HF row that becomes row r:
 //   perm[h*head_dim + 2i + j] = h*head_dim + j*head_dim/2 + i   (j in {0,1}, i < head_dim/2)
-// for n_heads heads (num_attention_heads for q, num_key_value_heads for k). The same permutation makes a Qwen2
-// (NeoX rope in llama.cpp, not permuted there) usable by an engine that only implements adjacent-pair rope.
+// for n_heads heads (num_attention_heads for q, num_key_value_heads for k). Qwen2 is not permuted (as in llama.cpp):
+// the engine rotates its halves (NeoX rope, RopeType::neox in llama.h).
 std::vector<int64_t> rope_row_permutation(int64_t n_heads, int64_t head_dim);
 // Copies `rows` rows of `row_bytes` bytes from src to dst in the order of rope_row_permutation(n_heads, head_dim)
 // (rows must equal n_heads * head_dim; Error(invalid_argument) otherwise). Works for any element type.
