@@ -192,7 +192,7 @@ void run_recall_task(const Context& c) {
       std::vector<double> mass, overlap;
       for (const LayerRecall& l : r.layers) mass.push_back(l.mass), overlap.push_back(l.overlap);
       row.update({{"length", length}, {"prompt_tokens", prompt.tokens.size()}, {"steps", a.recall_steps},
-                  {"mass", r.mass}, {"overlap", r.overlap}, {"layer_mass", mass}, {"layer_overlap", overlap}});
+                  {"mass", r.mass}, {"overlap", r.overlap}, {"oracle_mass", r.oracle_mass}, {"layer_mass", mass}, {"layer_overlap", overlap}});
       c.store.append(row);
       bar.step(fmt::format("{} {}: mass {:.3f} overlap {:.3f}", length, variant_name(v), r.mass, r.overlap));
     }

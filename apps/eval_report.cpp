@@ -127,10 +127,16 @@ std::string ruler_report(const std::vector<nlohmann::json>& rows) {
 std::string recall_report(const std::vector<nlohmann::json>& rows) {
   const Pivot m(rows, by_length, [](const nlohmann::json& r) { return r["mass"].get<double>(); });
   const Pivot o(rows, by_length, [](const nlohmann::json& r) { return r["overlap"].get<double>(); });
+  std::vector<nlohmann::json> with_oracle;  // rows written before the oracle was measured lack it
+  for (const auto& r : rows)
+    if (r.contains("oracle_mass")) with_oracle.push_back(r);
+  const Pivot b(with_oracle, by_length, [](const nlohmann::json& r) { return r["oracle_mass"].get<double>(); });
   return "Mean over the sparse layers, query heads and decode steps: exact attention mass of the selected tokens / "
-         "overlap with the exact top-k:\n\n" +
+         "overlap with the exact top-k [/ mass of the exact top-k, the best a selection of that size can keep]:\n\n" +
          table(m, "attention", [&](const std::string& v, const std::string& c) {
-           return fmt::format("{:.3f} / {:.3f}", m.mean(v, c), o.mean(v, c));
+           std::string cell = fmt::format("{:.3f} / {:.3f}", m.mean(v, c), o.mean(v, c));
+           if (b.has(v, c)) cell += fmt::format(" / {:.3f}", b.mean(v, c));
+           return cell;
          });
 }
 

@@ -9,8 +9,7 @@
 
 namespace adamas {
 
-std::pair<double, double> selection_recall(std::span<const float> scores, float scale,
-                                           std::span<const int32_t> selected) {
+SelectionRecall selection_recall(std::span<const float> scores, float scale, std::span<const int32_t> selected) {
   const int64_t n = int64_t(scores.size());
   ADAMAS_CHECK(n > 0 && !selected.empty() && int64_t(selected.size()) <= n, ErrorKind::invalid_argument,
                "recall: {} selected of {} scores", selected.size(), n);
@@ -31,10 +30,11 @@ std::pair<double, double> selection_recall(std::span<const float> scores, float 
     return scores[size_t(a)] != scores[size_t(b)] ? scores[size_t(a)] > scores[size_t(b)] : a < b;
   });
   std::vector<bool> top(static_cast<size_t>(n), false);
-  for (size_t i = 0; i < k; ++i) top[size_t(order[i])] = true;
+  double oracle = 0;
+  for (size_t i = 0; i < k; ++i) top[size_t(order[i])] = true, oracle += p[size_t(order[i])];
   int64_t common = 0;
   for (int32_t j : selected) common += top[size_t(j)];
-  return {mass / z, double(common) / double(k)};
+  return {mass / z, double(common) / double(k), oracle / z};
 }
 
 RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64_t steps) {
@@ -61,9 +61,10 @@ RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64
         for (int64_t i = 0; i < dim; ++i) s += qh[i] * load_f32(row, keys.dtype, i);
         scores[size_t(t)] = s;
       }
-      const auto [mass, overlap] = selection_recall(scores, scale, last_selection(ws, h));
-      out.mass += mass;
-      out.overlap += overlap;
+      const SelectionRecall sr = selection_recall(scores, scale, last_selection(ws, h));
+      out.mass += sr.mass;
+      out.overlap += sr.overlap;
+      out.oracle_mass += sr.oracle_mass;
       ++out.samples;
     }
   });
@@ -81,13 +82,15 @@ RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64
     LayerRecall& lr = layers[size_t(l)];
     lr.mass /= double(lr.samples);
     lr.overlap /= double(lr.samples);
+    lr.oracle_mass /= double(lr.samples);
     if (l >= session.options().dense_layers) {
       r.mass += lr.mass;
       r.overlap += lr.overlap;
+      r.oracle_mass += lr.oracle_mass;
       ++sparse;
     }
   }
-  if (sparse > 0) r.mass /= double(sparse), r.overlap /= double(sparse);
+  if (sparse > 0) r.mass /= double(sparse), r.overlap /= double(sparse), r.oracle_mass /= double(sparse);
   r.layers = std::move(layers);
   return r;
 }

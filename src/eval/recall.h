@@ -12,15 +12,19 @@
 
 namespace adamas {
 
-struct LayerRecall {
-  double mass = 0;     // mean over steps and heads of the exact probability mass of the selected tokens
-  double overlap = 0;  // mean of |selected ∩ exact top-|selected|| / |selected|
-  int64_t samples = 0; // (step, head) pairs
+struct SelectionRecall {
+  double mass = 0;         // the exact probability mass of the selected tokens
+  double overlap = 0;      // |selected ∩ exact top-|selected|| / |selected|
+  double oracle_mass = 0;  // the mass of the exact top-|selected|: the best any selection of that size can keep
+};
+
+struct LayerRecall : SelectionRecall {  // means over steps and query heads
+  int64_t samples = 0;                  // (step, head) pairs
 };
 
 struct RecallResult {
   std::vector<LayerRecall> layers;  // every layer (the dense ones read 1)
-  double mass = 0, overlap = 0;     // means over the sparse layers (those from dense_layers on)
+  double mass = 0, overlap = 0, oracle_mass = 0;  // means over the sparse layers (those from dense_layers on)
 };
 
 // Prefills prompt[0, n - steps) densely on a fresh sequence, then decodes the last `steps` prompt tokens with the
@@ -28,8 +32,7 @@ struct RecallResult {
 RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64_t steps);
 
 // One query head against its exact attention: `scores` are q.k over all n keys (any scale > 0), `selected` the
-// rows kept. Returns {mass, overlap} as defined above.
-std::pair<double, double> selection_recall(std::span<const float> scores, float scale,
-                                           std::span<const int32_t> selected);
+// rows kept.
+SelectionRecall selection_recall(std::span<const float> scores, float scale, std::span<const int32_t> selected);
 
 }  // namespace adamas
