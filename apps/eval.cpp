@@ -59,6 +59,18 @@ nlohmann::json base_row(const Context& c, const std::string& prompt_id, const Va
   return row;
 }
 
+// The variants of prompt `id` whose rows are not in the store yet, each with its row to fill.
+std::pair<std::vector<Variant>, std::vector<nlohmann::json>> pending(const Context& c, const std::string& id,
+                                                                     ProgressBar& bar) {
+  std::pair<std::vector<Variant>, std::vector<nlohmann::json>> out;
+  for (const Variant& v : c.variants) {
+    nlohmann::json row = base_row(c, id, v);
+    if (c.store.has(row["key"])) bar.skip();
+    else out.first.push_back(v), out.second.push_back(std::move(row));
+  }
+  return out;
+}
+
 // The prompt of a retrieval task at `length` tokens must leave room for the answer in the model's context.
 int64_t prompt_length(const Context& c, int64_t length, int64_t answer_tokens) {
   return std::min(length, c.model.config().context_length - answer_tokens);
@@ -75,13 +87,7 @@ void run_passkey_task(const Context& c) {
         const uint64_t seed = a.seed + uint64_t(s) * 1000003 + uint64_t(d) * 7919 + uint64_t(length);
         const std::string id = fmt::format("passkey len={} depth={:.3f} sample={} seed={} text={}", length, depth, s,
                                            a.seed, c.text_name);
-        std::vector<Variant> todo;  // the variants not in the store yet
-        std::vector<nlohmann::json> rows;
-        for (const Variant& v : c.variants) {
-          nlohmann::json row = base_row(c, id, v);
-          if (c.store.has(row["key"])) bar.skip();
-          else todo.push_back(v), rows.push_back(std::move(row));
-        }
+        auto [todo, rows] = pending(c, id, bar);
         if (todo.empty()) continue;
         const int64_t n = prompt_length(c, length, max_new);
         const PasskeyPrompt prompt = make_passkey_prompt(
@@ -148,13 +154,7 @@ void run_ruler_task(const Context& c) {
         const uint64_t seed = a.seed + uint64_t(s) * 1000003 + uint64_t(length);
         const std::string id = fmt::format("ruler {} len={} sample={} seed={} text={}", ruler_task_name(task), length,
                                            s, a.seed, c.text_name);
-        std::vector<Variant> todo;
-        std::vector<nlohmann::json> rows;
-        for (const Variant& v : c.variants) {
-          nlohmann::json row = base_row(c, id, v);
-          if (c.store.has(row["key"])) bar.skip();
-          else todo.push_back(v), rows.push_back(std::move(row));
-        }
+        auto [todo, rows] = pending(c, id, bar);
         if (todo.empty()) continue;
         const RulerSample sample = make_ruler_sample(task, c.tokenizer, c.text, prompt_length(c, length, 48), seed);
         answer_variants(c.model, c.tokenizer, sample.tokens, todo, a.sparse_tail, sample.max_new_tokens,
@@ -179,23 +179,25 @@ void run_recall_task(const Context& c) {
     const uint64_t seed = a.seed + uint64_t(length);
     const std::string id = fmt::format("recall len={} steps={} seed={} text={}", length, a.recall_steps, a.seed,
                                        c.text_name);
-    PasskeyPrompt prompt;
-    for (const Variant& v : c.variants) {
-      nlohmann::json row = base_row(c, id, v);
-      if (c.store.has(row["key"])) { bar.skip(); continue; }
-      if (prompt.tokens.empty())
-        prompt = make_passkey_prompt(c.tokenizer, c.text,
-                                     passkey_filler_for_length(c.tokenizer, prompt_length(c, length, 0)), 0.5,
-                                     random_key(seed), seed);
-      Session session(c.model, engine_options(v, int64_t(prompt.tokens.size())));
-      const RecallResult r = run_recall(session, prompt.tokens, a.recall_steps);
-      std::vector<double> mass, overlap;
-      for (const LayerRecall& l : r.layers) mass.push_back(l.mass), overlap.push_back(l.overlap);
-      row.update({{"length", length}, {"prompt_tokens", prompt.tokens.size()}, {"steps", a.recall_steps},
-                  {"mass", r.mass}, {"overlap", r.overlap}, {"oracle_mass", r.oracle_mass}, {"layer_mass", mass}, {"layer_overlap", overlap}});
-      c.store.append(row);
-      bar.step(fmt::format("{} {}: mass {:.3f} overlap {:.3f}", length, variant_name(v), r.mass, r.overlap));
-    }
+    auto [todo, rows] = pending(c, id, bar);
+    if (todo.empty()) continue;
+    const PasskeyPrompt prompt = make_passkey_prompt(
+        c.tokenizer, c.text, passkey_filler_for_length(c.tokenizer, prompt_length(c, length, 0)), 0.5,
+        random_key(seed), seed);
+    const std::span<const int32_t> tokens(prompt.tokens);
+    with_shared_prefill(c.model, todo, int64_t(tokens.size()), tokens.first(tokens.size() - size_t(a.recall_steps)),
+                        [&](size_t i, Session& session, double) {
+                          const RecallResult r = recall_after_prefill(session, tokens, a.recall_steps);
+                          std::vector<double> mass, overlap;
+                          for (const LayerRecall& l : r.layers) mass.push_back(l.mass), overlap.push_back(l.overlap);
+                          rows[i].update({{"length", length}, {"prompt_tokens", tokens.size()},
+                                          {"steps", a.recall_steps}, {"mass", r.mass}, {"overlap", r.overlap},
+                                          {"oracle_mass", r.oracle_mass}, {"layer_mass", mass},
+                                          {"layer_overlap", overlap}});
+                          c.store.append(rows[i]);
+                          bar.step(fmt::format("{} {}: mass {:.3f} overlap {:.3f}", length, variant_name(todo[i]),
+                                               r.mass, r.overlap));
+                        });
   }
   bar.finish();
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates the accuracy section of docs/results.md (between its eval markers) from the markdown tables that
 `adamas eval` wrote (DIR/<task>.md) and the plots of scripts/eval_plots.py; copies each task's CSV beside the plots.
+PLOTDIR/notes.md, when present, is the hand-written reading of the run, placed above the tables.
 
     python3 scripts/eval_report.py DIR PLOTDIR docs/results.md GRID
 """
@@ -27,6 +28,10 @@ def main():
              f"Made by `scripts/eval --{grid}` (commit {commit}); every table names the `adamas eval` command that "
              "wrote it, the model, the text and the date. Raw rows: the CSV files in "
              f"`{rel}/`. Budgets are tokens per query head; prefill is dense; the first 2 layers decode densely.", ""]
+    notes = os.path.join(plots, "notes.md")  # the hand-written reading of the run (targets met or missed)
+    if os.path.exists(notes):
+        with open(notes) as f:
+            parts += [f.read().rstrip(), ""]
     for task, title, images in TASKS:
         md = os.path.join(src, task + ".md")
         if not os.path.exists(md):

@@ -43,6 +43,18 @@ RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64
                steps, n);
   ADAMAS_CHECK(n <= session.context(), ErrorKind::invalid_argument, "recall: {} tokens exceed the context of {}", n,
                session.context());
+  session.reset();
+  session.prefill(prompt.first(size_t(n - steps)));
+  return recall_after_prefill(session, prompt, steps);
+}
+
+RecallResult recall_after_prefill(Session& session, std::span<const int32_t> prompt, int64_t steps) {
+  const int64_t n = int64_t(prompt.size());
+  ADAMAS_CHECK(steps >= 1 && steps < n && session.position() == n - steps, ErrorKind::invalid_argument,
+               "recall: the session holds {} tokens, not the prefix of {} tokens before {} steps", session.position(),
+               n - steps, steps);
+  ADAMAS_CHECK(n <= session.context(), ErrorKind::invalid_argument, "recall: {} tokens exceed the context of {}", n,
+               session.context());
   const ModelConfig& c = session.model().config();
   const int64_t dim = c.head_dim, g = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(dim));
@@ -72,8 +84,6 @@ RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64
     Session& s;
     ~ClearObserver() { s.set_decode_observer({}); }
   } clear{session};
-  session.reset();
-  session.prefill(prompt.first(size_t(n - steps)));
   for (int64_t i = n - steps; i < n; ++i) session.decode(prompt[size_t(i)]);
 
   RecallResult r;

@@ -30,6 +30,8 @@ struct RecallResult {
 // Prefills prompt[0, n - steps) densely on a fresh sequence, then decodes the last `steps` prompt tokens with the
 // session's method, measuring every layer's selection. Error(invalid_argument) unless 1 <= steps < n <= context.
 RecallResult run_recall(Session& session, std::span<const int32_t> prompt, int64_t steps);
+// The same after the prefill: `session` holds exactly prompt[0, n - steps).
+RecallResult recall_after_prefill(Session& session, std::span<const int32_t> prompt, int64_t steps);
 
 // One query head against its exact attention: `scores` are q.k over all n keys (any scale > 0), `selected` the
 // rows kept.
