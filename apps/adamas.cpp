@@ -137,6 +137,7 @@ int main(int argc, char** argv) {
   eval->add_option("-t,--threads", ea.threads, "threads (0: all cores)")->capture_default_str();
   eval->add_option("-o,--out", ea.out, "directory of <task>.jsonl/.json/.csv/.md (rows there are not redone)")
       ->capture_default_str();
+  eval->add_flag("--report-only", ea.report_only, "only rewrite <task>.json/.csv/.md from the rows in --out");
 
   try {
     app.parse(argc, argv);

@@ -63,6 +63,7 @@ struct EvalArgs {
   uint64_t seed = 1;
   int threads = 0;
   std::string out = "eval-results";
+  bool report_only = false;  // rewrite <task>.json/.csv/.md from the rows there, run nothing
 };
 int eval_command(const EvalArgs& args, const std::string& command_line);
 

@@ -32,6 +32,7 @@ struct Context {
   std::string text_name;  // its file name
   std::vector<Variant> variants;
   ResultStore& store;
+  std::string command;  // this invocation, recorded in each row it writes
 };
 
 std::string read_text(const std::string& path) {
@@ -56,6 +57,7 @@ nlohmann::json base_row(const Context& c, const std::string& prompt_id, const Va
   row["prompt_id"] = prompt_id;
   row["key"] = prompt_id + " " + variant_name(v);
   row["text"] = c.text_name;
+  row["command"] = c.command;
   return row;
 }
 
@@ -233,15 +235,29 @@ int eval_command(const EvalArgs& a, const std::string& command_line) {
   const std::string text_path = a.text.empty() ? default_text(a.task) : a.text;
   ResultStore store(a.out, a.task);
   const Context c{a, model, tokenizer, read_text(text_path),
-                  std::filesystem::path(text_path).filename().string(), variants, store};
-  if (a.task == "passkey") run_passkey_task(c);
-  else if (a.task == "ppl") run_ppl_task(c);
-  else if (a.task == "ruler") run_ruler_task(c);
-  else run_recall_task(c);
+                  std::filesystem::path(text_path).filename().string(), variants, store, command_line};
+  if (a.report_only) {
+  } else if (a.task == "passkey") {
+    run_passkey_task(c);
+  } else if (a.task == "ppl") {
+    run_ppl_task(c);
+  } else if (a.task == "ruler") {
+    run_ruler_task(c);
+  } else {
+    run_recall_task(c);
+  }
   store.write_json_and_csv();
+  // The commands that wrote the rows (rows from before commands were recorded count as this one's).
+  std::vector<std::string> commands;
+  for (const auto& row : store.rows()) {
+    const std::string cmd = row.value("command", command_line);
+    if (std::find(commands.begin(), commands.end(), cmd) == commands.end()) commands.push_back(cmd);
+  }
+  std::string command_lines;
+  for (const std::string& cmd : commands) command_lines += fmt::format("`{}`  \n", cmd);
   const std::string header = fmt::format(
-      "Command: `{}`  \nModel: {} ({})  \nText: {}  \nDate: {:%Y-%m-%d %H:%M} UTC  \nRows: {} (every run in {})\n",
-      command_line, std::filesystem::path(resolve_model_path(a.model)).filename().string(),
+      "Commands:  \n{}Model: {} ({})  \nText: {}  \nDate: {:%Y-%m-%d %H:%M} UTC  \nRows: {} (every run in {})\n",
+      command_lines, std::filesystem::path(resolve_model_path(a.model)).filename().string(),
       model.config().name.empty() ? "llama" : model.config().name, c.text_name,
       fmt::gmtime(std::chrono::system_clock::to_time_t(std::chrono::system_clock::now())), store.rows().size(),
       store.path("jsonl"));
