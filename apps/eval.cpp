@@ -247,10 +247,13 @@ int eval_command(const EvalArgs& a, const std::string& command_line) {
     run_recall_task(c);
   }
   store.write_json_and_csv();
-  // The commands that wrote the rows (rows from before commands were recorded count as this one's).
+  // The commands that wrote the rows. Rows from before commands were recorded count as this one's, less
+  // --report-only: scripts/eval reports with the very command lines that ran.
+  std::string this_command = command_line;
+  if (const size_t at = this_command.find(" --report-only"); at != std::string::npos) this_command.erase(at, 14);
   std::vector<std::string> commands;
   for (const auto& row : store.rows()) {
-    const std::string cmd = row.value("command", command_line);
+    const std::string cmd = row.value("command", this_command);
     if (std::find(commands.begin(), commands.end(), cmd) == commands.end()) commands.push_back(cmd);
   }
   std::string command_lines;

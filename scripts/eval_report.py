@@ -34,8 +34,8 @@ def main():
             parts += [f.read().rstrip(), ""]
     for task, title, images in TASKS:
         md = os.path.join(src, task + ".md")
-        if not os.path.exists(md):
-            continue
+        if not os.path.exists(md) or not os.path.exists(os.path.join(src, task + ".jsonl")):
+            continue  # not run (yet)
         parts += [f"### {title}", ""]
         with open(md) as f:
             parts.append(f.read().rstrip())
