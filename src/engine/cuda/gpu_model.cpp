@@ -79,6 +79,9 @@ __half* mut(const __half* p) { return const_cast<__half*>(p); }
 GpuModel GpuModel::upload(const LlamaModel& model) {
   require_supported_gpu();
   const ModelConfig& c = model.config();
+  // Other architectures (qwen2: q/k/v biases, NeoX rope) need kernels this engine does not have yet.
+  ADAMAS_CHECK(c.architecture == "llama", ErrorKind::unsupported,
+               "model architecture {} is not supported on cuda yet (llama)", c.architecture);
   GpuModel g;
   g.origin_ = c.name.empty() ? "GGUF model" : c.name;
   g.allocate(c, model.tied_embeddings(), int64_t(model.rope_inv_freq().size()));

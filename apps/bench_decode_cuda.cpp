@@ -1,0 +1,185 @@
+// `adamas bench decode --device cuda`: decode tokens/s of the GPU engine at a model shape with random f16 weights
+// (labelled as such), by batch and context, full attention vs Adamas; then the user's alternative at the same
+// points on the same GPU: Hugging Face transformers generate() with SDPA, or a minimal PyTorch SDPA decode loop
+// when transformers is absent (bench/cuda/hf_decode_baseline.py says which ran).
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "adamas/cuda_attention.h"
+#include "apps.h"
+#include "bench_util.h"
+#include "engine/cuda/gpu_session.h"
+
+namespace adamas::app {
+namespace {
+
+ModelConfig named_shape(const std::string& shape) {
+  ModelConfig c;
+  c.architecture = "llama";
+  c.n_layers = 32, c.dim = 4096, c.n_heads = 32, c.head_dim = 128, c.n_rot = 128;
+  c.context_length = int64_t(1) << 20;  // random weights: no trained context to respect
+  c.norm_eps = 1e-5f;
+  if (shape == "llama2-7b") {
+    c.name = "Llama-2-7B shape";
+    c.ffn_dim = 11008, c.n_kv_heads = 32, c.vocab = 32000, c.rope_base = 10000.0;
+  } else if (shape == "llama3-8b") {
+    c.name = "Llama-3-8B shape";
+    c.ffn_dim = 14336, c.n_kv_heads = 8, c.vocab = 128256, c.rope_base = 500000.0;
+  } else {
+    ADAMAS_CHECK_ARG(std::filesystem::is_regular_file(shape),
+                     "--shape {}: expected llama2-7b, llama3-8b or a GGUF model file", shape);
+    c = read_model_config(GgufFile::open(shape));
+    c.name = fmt::format("{} shape", shape);
+    c.context_length = int64_t(1) << 20;
+  }
+  return c;
+}
+
+struct Row {
+  int64_t batch = 0, ctx = 0;
+  std::string impl;  // full, adamas, or the baseline's name
+  double tokens_per_s = 0;
+  std::string note;
+};
+
+// Median tokens/s of `reps` runs of `tokens` greedy steps over `batch` sequences of `ctx` random cached tokens.
+Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch, int64_t ctx, int64_t tokens,
+            int reps) {
+  constexpr int64_t kWarmup = 4;
+  gpu::GpuEngineOptions o;
+  o.context = ctx + kWarmup + reps * tokens + 1;
+  o.max_batch = batch;
+  o.attention.method = m;
+  o.attention.budget = budget;
+  o.prefill_chunk = 16;
+  Row r{batch, ctx, method_name(m), 0, ""};
+  try {
+    gpu::GpuEngine e(model, o);
+    std::vector<int> seqs;
+    std::vector<int32_t> toks;
+    for (int64_t b = 0; b < batch; ++b) {
+      seqs.push_back(e.add_sequence());
+      e.fill_random(seqs.back(), ctx, 1000 + uint64_t(b) * 131);
+      toks.push_back(int32_t((b * 7919 + 1) % model.config().vocab));
+    }
+    toks = e.generate(seqs, toks, kWarmup).back();
+    std::vector<double> tps;
+    for (int i = 0; i < reps; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      toks = e.generate(seqs, toks, tokens).back();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      tps.push_back(double(batch * tokens) / s);
+    }
+    r.tokens_per_s = median(tps);
+    r.note = fmt::format("graph steps {}, eager {}", e.graph_steps(), e.eager_steps());
+  } catch (const Error& err) {
+    r.note = fmt::format("skipped: {}", err.what());
+  }
+  return r;
+}
+
+// Runs the Python baseline; its stdout is one JSON object per line.
+std::vector<Row> run_baseline(const ModelConfig& c, const BenchDecodeArgs& a) {
+  std::string list_ctx, list_batch;
+  for (int64_t x : a.contexts) list_ctx += (list_ctx.empty() ? "" : ",") + std::to_string(x);
+  for (int64_t x : a.batch) list_batch += (list_batch.empty() ? "" : ",") + std::to_string(x);
+  const std::string script = "bench/cuda/hf_decode_baseline.py";
+  std::vector<Row> rows;
+  if (!std::filesystem::is_regular_file(script)) {
+    fmt::print("# baseline: {} not found (run from the source tree)\n", script);
+    return rows;
+  }
+  const std::string cmd = fmt::format(
+      "python3 {} --layers {} --dim {} --ffn {} --heads {} --kv-heads {} --vocab {} --rope-base {} --ctx {} "
+      "--batch {} --tokens {} --reps {}",
+      script, c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.vocab, c.rope_base, list_ctx, list_batch,
+      a.tokens, a.reps);
+  fmt::print("# baseline: {}\n", cmd);
+  std::fflush(stdout);
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return rows;
+  char line[4096];
+  while (std::fgets(line, sizeof line, p)) {
+    try {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j.contains("info")) fmt::print("# baseline: {}\n", j["info"].get<std::string>());
+      else rows.push_back({j.at("batch").get<int64_t>(), j.at("ctx").get<int64_t>(), j.at("impl").get<std::string>(),
+                           j.value("tokens_per_s", 0.0), j.value("note", std::string())});
+    } catch (const std::exception&) {
+      fmt::print("# baseline: {}", line);
+    }
+  }
+  const int rc = pclose(p);
+  if (rc != 0) fmt::print("# baseline: exit status {}\n", rc);
+  return rows;
+}
+
+}  // namespace
+
+int bench_decode_cuda(const BenchDecodeArgs& a) {
+  ADAMAS_CHECK_ARG(a.budget > 0 && a.tokens > 0 && a.reps > 0, "--budget, --tokens and --reps must be > 0");
+  ADAMAS_CHECK_ARG(!a.contexts.empty() && !a.batch.empty() && !a.attn.empty(), "--ctx, --batch and --attn need values");
+  std::vector<Method> methods;
+  for (const std::string& m : a.attn) {
+    methods.push_back(parse_method(m.c_str()));
+    ADAMAS_CHECK(methods.back() == Method::full || methods.back() == Method::adamas, ErrorKind::unsupported,
+                 "--attn {} is not supported on cuda (full, adamas)", m);
+  }
+  const ModelConfig c = named_shape(a.shape.empty() ? "llama2-7b" : a.shape);
+  gpu::require_supported_gpu();
+  fmt::print("# decode on {}: {} (RANDOM f16 weights; {} layers, dim {}, ffn {}, {}/{} heads of {}, vocab {})\n",
+             cuda::device_name(), c.name, c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab);
+  fmt::print("# cache filled with random K/V (+ codes) of CTX tokens per sequence (prefill not timed); median of {} "
+             "runs of {} greedy steps; adamas: budget {}, first 2 layers dense\n", a.reps, a.tokens, a.budget);
+  std::vector<Row> rows;
+  {
+    const gpu::GpuModel model = gpu::GpuModel::random(c, 1);
+    fmt::print("{:>5} {:>7} {:>8} | {:>10} {:>9} | {}\n", "batch", "ctx", "attn", "tokens/s", "ms/step", "note");
+    for (int64_t batch : a.batch)
+      for (int64_t ctx : a.contexts)
+        for (Method m : methods) {
+          rows.push_back(measure(model, m, a.budget, batch, ctx, a.tokens, a.reps));
+          const Row& r = rows.back();
+          fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | {}\n", batch, ctx, r.impl, r.tokens_per_s,
+                     r.tokens_per_s > 0 ? 1e3 * double(batch) / r.tokens_per_s : 0.0, r.note);
+          std::fflush(stdout);
+        }
+  }  // weights freed before the baseline runs
+  if (!a.no_baseline)
+    for (Row& r : run_baseline(c, a)) rows.push_back(r);
+
+  std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> by;
+  std::string base_name;
+  for (const Row& r : rows) {
+    if (r.tokens_per_s > 0) by[{r.batch, r.ctx}][r.impl] = r.tokens_per_s;
+    if (r.impl != "full" && r.impl != "adamas") base_name = r.impl;
+  }
+  auto get = [](const std::map<std::string, double>& m, const std::string& k) {
+    auto it = m.find(k);
+    return it == m.end() ? 0.0 : it->second;
+  };
+  auto num = [](double v, const char* f) { return v > 0 ? fmt::format(fmt::runtime(f), v) : std::string("-"); };
+  fmt::print("\n== decode tokens/s, {} (random f16 weights), {}; baseline: {}\n", c.name, cuda::device_name(),
+             base_name.empty() ? "none" : base_name);
+  fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}\n", "batch", "ctx", "full", "adamas", "baseline",
+             "adamas/full", "full/base");
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [key, m] : by) {
+    const double f = get(m, "full"), s = get(m, "adamas"), b = base_name.empty() ? 0 : get(m, base_name);
+    fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}\n", key.first, key.second, num(f, "{:.1f}"),
+               num(s, "{:.1f}"), num(b, "{:.1f}"), num(f > 0 && s > 0 ? s / f : 0, "{:.2f}x"),
+               num(f > 0 && b > 0 ? f / b : 0, "{:.2f}x"));
+  }
+  for (const Row& r : rows)
+    out.push_back({{"shape", c.name}, {"batch", r.batch}, {"ctx", r.ctx}, {"impl", r.impl},
+                   {"tokens_per_s", r.tokens_per_s}, {"budget", a.budget}, {"note", r.note}});
+  if (!a.json.empty()) write_json(a.json, out);
+  return 0;
+}
+
+}  // namespace adamas::app
