@@ -64,6 +64,14 @@ int run_model(const RunArgs& a) {
   validate_sampler(go.sampler);
   const std::string text = read_prompt(a);
   ADAMAS_CHECK_ARG(!text.empty(), "the prompt is empty");
+  if (a.device == "cuda") {
+#if defined(ADAMAS_HAVE_CUDA_ENGINE)
+    return run_model_cuda(a, text);
+#else
+    fail(ErrorKind::unsupported, "--device cuda: this build has no CUDA backend (build with the CUDA toolkit)");
+#endif
+  }
+  ADAMAS_CHECK_ARG(a.device == "cpu", "--device {} (expected cpu or cuda)", a.device);
 
   const LlamaModel model = LlamaModel::load(resolve_model_path(a.model));
   const Tokenizer tokenizer = Tokenizer::from_gguf(model.file());
