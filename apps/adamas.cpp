@@ -90,6 +90,22 @@ int main(int argc, char** argv) {
   battn->add_option("--seed", ba.seed, "random seed")->capture_default_str();
   battn->add_option("--json", ba.json, "also write the rows as JSON to this file");
 
+  BenchDecodeArgs bd;
+  auto* bdec = bench->add_subcommand("decode", "decode tokens/s of a model by context: full vs sparse vs llama.cpp");
+  bdec->add_option("--device", bd.device, "cpu or cuda")->capture_default_str();
+  bdec->add_option("-m,--model", bd.model, "GGUF model file (default: the SmolLM2 model of scripts/fetch-model)");
+  bdec->add_option("--shape", bd.shape, "cuda: llama2-7b, llama3-8b or a GGUF file (random f16 weights)");
+  bdec->add_option("--ctx", bd.contexts, "context lengths")->delimiter(',')->capture_default_str();
+  bdec->add_option("--attn", bd.attn, "methods: full, adamas, quest, streaming")->delimiter(',')->capture_default_str();
+  bdec->add_option("--budget", bd.budget, "token budget of the sparse methods")->capture_default_str();
+  bdec->add_option("--batch", bd.batch, "cuda: sequences per step")->delimiter(',')->capture_default_str();
+  bdec->add_option("-n,--tokens", bd.tokens, "decode steps per timed run")->capture_default_str();
+  bdec->add_option("-r,--reps", bd.reps, "timed runs per row (median)")->capture_default_str();
+  bdec->add_option("-t,--threads", bd.threads, "threads (0: all cores)")->capture_default_str();
+  bdec->add_option("--llama-bench", bd.llama_bench, "llama-bench binary (default: build-llama/bin/llama-bench)");
+  bdec->add_flag("--no-baseline", bd.no_baseline, "skip the llama.cpp / transformers baseline");
+  bdec->add_option("--json", bd.json, "also write the rows as JSON to this file");
+
   DemoArgs da;
   PasskeyDemoArgs pa;
   auto* demo = app.add_subcommand("demo", "the model finds a pass key in long prose: full attention vs Adamas");
@@ -150,6 +166,7 @@ int main(int argc, char** argv) {
     if (info->parsed()) return info_path.empty() ? (print_info(), 0) : info_model(info_path);
     if (run->parsed()) return run_model(ra);
     if (battn->parsed()) return bench_attention(ba);
+    if (bdec->parsed()) return bench_decode(bd);
     if (demo->parsed()) return demo_passkey(pa);
     if (demo_op->parsed()) return demo_synthetic(da);
   } catch (const CLI::ParseError& e) {

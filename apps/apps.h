@@ -45,6 +45,26 @@ struct PasskeyDemoArgs {
 };
 int demo_passkey(const PasskeyDemoArgs& args);
 
+// `adamas bench decode`: decode tokens/s of a model at several contexts, full vs sparse attention, with the
+// alternative (llama.cpp's llama-bench on the CPU; Hugging Face transformers on the GPU) measured in the same run.
+struct BenchDecodeArgs {
+  std::string device = "cpu";  // cpu | cuda
+  std::string model;           // GGUF file (empty: the default model)
+  std::string shape;           // cuda: llama2-7b | llama3-8b | a GGUF file whose shape is used with random weights
+  std::vector<int64_t> contexts{512, 2048, 8192};
+  std::vector<std::string> attn{"full", "adamas"};
+  int64_t budget = 128;
+  std::vector<int64_t> batch{1};   // cuda: sequences decoded together
+  int64_t tokens = 32;             // decode steps timed per row
+  int reps = 3;                    // repetitions per row (median)
+  int threads = 0;                 // cpu: 0 = all cores
+  std::string llama_bench;         // path of llama-bench (empty: build-llama/bin/llama-bench when present)
+  bool no_baseline = false;        // skip llama-bench / transformers
+  std::string json;
+};
+int bench_decode(const BenchDecodeArgs& args);       // apps/bench_decode.cpp (dispatches on device)
+int bench_decode_cuda(const BenchDecodeArgs& args);  // apps/bench_decode_cuda.cpp (only in CUDA builds)
+
 // `adamas eval <task>`: accuracy of the attention methods (apps/eval.cpp; tasks in src/eval).
 struct EvalArgs {
   std::string task;   // passkey | ppl | ruler | recall
