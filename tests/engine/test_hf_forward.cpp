@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <unistd.h>
 
 #include "engine/session.h"
 #include "model/hf_config.h"
@@ -40,7 +41,9 @@ std::string hf_name(const std::string& gguf) {
 // Writes the tiny model as a Hugging Face directory (F32 safetensors) and returns the directory.
 std::filesystem::path write_hf(const test::TinyModel& m, const std::string& tag) {
   const test::TinySpec& s = m.spec;
-  const auto dir = std::filesystem::temp_directory_path() / ("adamas_hf_forward_" + tag);
+  // The pid keeps test runs of several build trees at once apart.
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("adamas_hf_forward_" + tag + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   const bool qwen2 = s.arch == "qwen2";
