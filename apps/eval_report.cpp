@@ -59,7 +59,7 @@ std::string table(const Pivot& p, const std::string& corner, const std::function
   s += "\n";
   for (const auto& v : p.variants) {
     s += "| " + v + " |";
-    for (const auto& c : p.columns) s += " " + (p.has(v, c) ? cell(v, c) : std::string("-")) + " |";
+    for (const auto& c : p.columns) s += fmt::format(" {} |", p.has(v, c) ? cell(v, c) : std::string("-"));
     s += "\n";
   }
   return s;

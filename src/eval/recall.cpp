@@ -59,7 +59,7 @@ RecallResult recall_after_prefill(Session& session, std::span<const int32_t> pro
   const int64_t dim = c.head_dim, g = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(dim));
   std::vector<LayerRecall> layers(size_t(c.n_layers));
-  std::vector<float> scores, key(size_t(dim));
+  std::vector<float> scores;
   session.set_decode_observer([&](int64_t layer, const float* q, const DecodeWorkspace& ws) {
     const int64_t tokens = session.position() + 1;  // the new token is written, not yet committed
     const HeadsView keys = session.cache().keys(layer, tokens);
