@@ -60,6 +60,9 @@ int main(int argc, char** argv) {
   run->add_option("-n,--n-predict", ra.n_predict, "tokens to generate at most")->capture_default_str();
   run->add_option("--attn", ra.attn, "decode attention: full, adamas, quest, streaming")->capture_default_str();
   run->add_option("--budget", ra.budget, "token budget of the sparse methods")->capture_default_str();
+  run->add_option("--sink", ra.sink, "adamas: first tokens always kept (inside the budget)")->capture_default_str();
+  run->add_option("--window", ra.window, "adamas: most recent tokens always kept (inside the budget)")
+      ->capture_default_str();
   run->add_option("--dense-layers", ra.dense_layers, "first layers decoded with full attention")
       ->capture_default_str();
   run->add_option("--temp", ra.temperature, "sampling temperature (0: greedy)")->capture_default_str();
@@ -114,6 +117,9 @@ int main(int argc, char** argv) {
   demo->add_option("--tokens", pa.filler, "filler tokens of prose")->capture_default_str();
   demo->add_option("--depth", pa.depth, "where the key sits, 0 (start) to 1 (end)")->capture_default_str();
   demo->add_option("--budget", pa.budget, "Adamas token budget")->capture_default_str();
+  demo->add_option("--sink", pa.sink, "adamas: first tokens always kept (inside the budget)")->capture_default_str();
+  demo->add_option("--window", pa.window, "adamas: most recent tokens always kept (inside the budget)")
+      ->capture_default_str();
   demo->add_option("--sparse-tail", pa.sparse_tail, "last prompt tokens decoded with the method")
       ->capture_default_str();
   demo->add_option("--seed", pa.seed, "seed of the key and of the text offset")->capture_default_str();

@@ -38,6 +38,7 @@ struct PasskeyDemoArgs {
   std::string model;  // empty: the default model
   std::string text = "data/texts/austen-emma.txt";
   int64_t filler = 2500, budget = 64, sparse_tail = 100;
+  int64_t sink = 0, window = 0;  // Adamas: first / most recent tokens always kept, inside the budget
   double depth = 0.5;
   uint64_t seed = 1;
   int threads = 0;
@@ -97,6 +98,7 @@ struct RunArgs {
   int64_t n_predict = 128;
   std::string attn = "adamas";
   int64_t budget = 256;
+  int64_t sink = 0, window = 0;  // Adamas: first / most recent tokens always kept, inside the budget
   int64_t dense_layers = 2;
   float temperature = 0.0f;
   int64_t top_k = 40;

@@ -18,6 +18,12 @@ int demo_passkey(const PasskeyDemoArgs& a) {
   ADAMAS_CHECK_ARG(a.filler > 0, "--tokens {} (expected > 0)", a.filler);
   ADAMAS_CHECK_ARG(a.budget > 0, "--budget {} (expected > 0)", a.budget);
   ADAMAS_CHECK_ARG(a.depth >= 0 && a.depth <= 1, "--depth {} (expected in [0, 1])", a.depth);
+  AttentionConfig sparse;  // the Adamas rows' configuration, checked before the model loads
+  sparse.method = Method::adamas;
+  sparse.budget = a.budget;
+  sparse.sink = a.sink;
+  sparse.window = a.window;
+  validate_config(sparse);
   std::ifstream f(a.text, std::ios::binary);
   ADAMAS_CHECK(f.good(), ErrorKind::io, "cannot read the text {} (run scripts/fetch-texts)", a.text);
   std::ostringstream text;
@@ -40,19 +46,20 @@ int demo_passkey(const PasskeyDemoArgs& a) {
   for (const Row row : {Row{Method::full, false}, Row{Method::adamas, false}, Row{Method::adamas, true}}) {
     const Method m = row.method;
     EngineOptions eo;
+    eo.attention = sparse;
     eo.attention.method = m;
-    eo.attention.budget = a.budget;
     eo.context = int64_t(prompt.tokens.size()) + 64;
     eo.calibrate_thresholds = row.calibrated;
     Session session(model, eo);
     const PasskeyResult r = run_passkey(session, tokenizer, prompt, a.sparse_tail);
     const double tps = double(r.decode_steps) / r.decode_s;
     if (m == Method::full) full_tps = tps;
+    const std::string kept = a.sink + a.window > 0 ? fmt::format(", sink {} window {}", a.sink, a.window) : "";
     const std::string label = m == Method::full ? "full attention"
-                                                : fmt::format("adamas, budget {}{}", a.budget,
-                                                              row.calibrated ? ", calibrated" : "");
-    fmt::print("{:<30} answer: \"{}\" ({})\n", label, r.answer, r.found ? "correct" : "WRONG");
-    fmt::print("{:<30} decode: {:.1f} tokens/s over {} steps at ~{} tokens of context{}\n\n", "", tps,
+                                                : fmt::format("adamas, budget {}{}{}", a.budget,
+                                                              row.calibrated ? ", calibrated" : "", kept);
+    fmt::print("{:<44} answer: \"{}\" ({})\n", label, r.answer, r.found ? "correct" : "WRONG");
+    fmt::print("{:<44} decode: {:.1f} tokens/s over {} steps at ~{} tokens of context{}\n\n", "", tps,
                r.decode_steps, prompt.tokens.size(),
                m == Method::full ? "" : fmt::format(", {:.2f}x full attention", tps / full_tps));
     rows.push_back({{"method", method_name(m)}, {"calibrated", row.calibrated}, {"budget", a.budget},

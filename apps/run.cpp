@@ -53,6 +53,8 @@ int run_model(const RunArgs& a) {
   EngineOptions eo;
   eo.attention.method = parse_method(a.attn.c_str());
   eo.attention.budget = a.budget;
+  eo.attention.sink = a.sink;
+  eo.attention.window = a.window;
   eo.dense_layers = a.dense_layers;
   eo.context = a.context;
   eo.calibrate_thresholds = parse_thresholds_mode(a.thresholds);
