@@ -15,6 +15,10 @@ constexpr std::string_view kDigitsPre[] = {"smollm", "starcoder", "refact", "com
                                            "minerva"};
 // ... and those whose split is the plain GPT-2 pattern.
 constexpr std::string_view kGpt2Pre[] = {"gpt2", "default", "mpt", "olmo", "jais"};
+// ... the Llama 3 split (llama.cpp also sets ignore_merges and add_bos for these) ...
+constexpr std::string_view kLlama3Pre[] = {"llama3", "llama-v3", "llama-bpe"};
+// ... and the Qwen2 split (Llama 3's with single digits).
+constexpr std::string_view kQwen2Pre[] = {"qwen2"};
 
 int32_t optional_id(const GgufFile& f, std::string_view key, int32_t vocab) {
   const GgufValue* v = f.find(key);
@@ -59,7 +63,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   t.bos_ = optional_id(f, "tokenizer.ggml.bos_token_id", n);
   t.eos_ = optional_id(f, "tokenizer.ggml.eos_token_id", n);
   t.unk_ = optional_id(f, "tokenizer.ggml.unknown_token_id", n);
-  t.add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token", t.kind_ == Kind::spm);
+  t.add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token",
+                             t.kind_ == Kind::spm || (t.kind_ == Kind::bpe && t.pre_kind_ == Pre::llama3));
 
   for (int32_t i = 0; i < n; ++i)
     if (t.is_special(i) && !t.tokens_[size_t(i)].empty()) t.specials_.push_back(i);
@@ -78,6 +83,11 @@ void Tokenizer::load_bpe(const GgufFile& f) {
     pre_kind_ = Pre::digits_gpt2;
   } else if (std::find(std::begin(kGpt2Pre), std::end(kGpt2Pre), pre_) != std::end(kGpt2Pre)) {
     pre_kind_ = Pre::gpt2;
+  } else if (std::find(std::begin(kLlama3Pre), std::end(kLlama3Pre), pre_) != std::end(kLlama3Pre)) {
+    pre_kind_ = Pre::llama3;
+    ignore_merges_ = true;
+  } else if (std::find(std::begin(kQwen2Pre), std::end(kQwen2Pre), pre_) != std::end(kQwen2Pre)) {
+    pre_kind_ = Pre::qwen2;
   } else {
     fail(ErrorKind::unsupported, "{}: unsupported pre-tokenizer '{}' (tokenizer.ggml.pre)", f.source(), pre_);
   }
@@ -140,6 +150,13 @@ void Tokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out) c
     w += u;
   }
   if (!sym.empty()) sym.back().next = -1;
+  if (ignore_merges_) {  // llama.cpp (Llama 3): a pre-token that is a whole vocabulary entry is that token
+    const auto it = token_ids_.find(std::string_view(w));
+    if (it != token_ids_.end()) {
+      out.push_back(it->second);
+      return;
+    }
+  }
 
   struct Cand {
     int32_t rank, left, right;
@@ -189,8 +206,12 @@ void Tokenizer::encode_plain(std::string_view text, std::vector<int32_t>& out) c
   if (text.empty()) return;
   const auto cps = unicode::decode_utf8(text);
   std::vector<unicode::Span> spans;
-  if (pre_kind_ == Pre::digits_gpt2) unicode::split_digits_then_gpt2(cps, spans);
-  else unicode::split_gpt2(cps, 0, cps.size(), spans);
+  switch (pre_kind_) {
+    case Pre::digits_gpt2: unicode::split_digits_then_gpt2(cps, spans); break;
+    case Pre::llama3: unicode::split_llama3(cps, 3, spans); break;
+    case Pre::qwen2: unicode::split_llama3(cps, 1, spans); break;
+    case Pre::gpt2: unicode::split_gpt2(cps, 0, cps.size(), spans); break;
+  }
   // Words repeat a lot in real text: remember the ids of each distinct word of this call.
   std::unordered_map<std::string_view, std::pair<size_t, size_t>> seen;  // word -> [begin, end) in out
   for (const auto& s : spans) {

@@ -1,6 +1,9 @@
 // Tokenizer built from GGUF metadata, behaving as llama.cpp's for the same file. Supported:
-//  - byte-level BPE (tokenizer.ggml.model == "gpt2") with the pre-tokenizers "gpt2"/"default" (GPT-2 split) and
-//    "smollm"/"starcoder"-like (each \p{N} alone, then the GPT-2 split), as llama.cpp maps tokenizer.ggml.pre;
+//  - byte-level BPE (tokenizer.ggml.model == "gpt2") with the pre-tokenizers "gpt2"/"default" (GPT-2 split),
+//    "smollm"/"starcoder"-like (each \p{N} alone, then the GPT-2 split), "llama-bpe"/"llama3"/"llama-v3" (Llama 3
+//    split, digit runs of up to 3, whole-word vocabulary entries bypass the merges as llama.cpp's ignore_merges,
+//    add_bos defaults to true) and "qwen2" (the Llama 3 split with single digits), as llama.cpp maps
+//    tokenizer.ggml.pre;
 //  - SentencePiece-style BPE (tokenizer.ggml.model == "llama", Llama 1/2, Mistral): spaces become U+2581, a space is
 //    prefixed to the text and after each special token when tokenizer.ggml.add_space_prefix (default true), pairs
 //    are merged by highest tokenizer.ggml.scores, characters without a token fall back to <0xXX> byte tokens.
@@ -57,7 +60,7 @@ class Tokenizer {
 
  private:
   enum class Kind { bpe, spm };
-  enum class Pre { gpt2, digits_gpt2 };
+  enum class Pre { gpt2, digits_gpt2, llama3, qwen2 };
   void load_bpe(const GgufFile& f);
   void load_spm(const GgufFile& f);
   void check_id(int32_t id) const;
@@ -71,6 +74,7 @@ class Tokenizer {
   std::vector<float> scores_;               // spm merge scores
   std::vector<int32_t> byte_tokens_;        // spm: id of <0xXX> per byte, -1 when missing
   bool add_space_prefix_ = false;
+  bool ignore_merges_ = false;              // bpe: a pre-token found in the vocabulary is used whole (Llama 3)
 
   std::string model_, pre_;
   Pre pre_kind_ = Pre::gpt2;

@@ -110,6 +110,19 @@ const std::string& byte_to_unicode(uint8_t b) { return byte_map().to_unicode[b];
 
 int byte_of(uint32_t cp) { return cp < 512 ? byte_map().from_unicode[cp] : -1; }
 
+// Length of the contraction 's|'t|'re|'ve|'m|'ll|'d at cps[pos] (0 when none); fold_case: ASCII case-insensitive.
+static size_t contraction(const std::vector<Codepoint>& cps, size_t pos, size_t end, bool fold_case) {
+  if (cps[pos].cp != '\'' || pos + 1 >= end) return 0;
+  auto at = [&](size_t i) {
+    const uint32_t c = i < end ? cps[i].cp : 0;
+    return fold_case && c >= 'A' && c <= 'Z' ? c | 0x20 : c;
+  };
+  const uint32_t c1 = at(pos + 1), c2 = at(pos + 2);
+  if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+  if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+  return 0;
+}
+
 void split_gpt2(const std::vector<Codepoint>& cps, size_t begin, size_t end, std::vector<Span>& out) {
   auto emit = [&](size_t from, size_t to) { out.push_back({cps[from].offset, cps[to - 1].offset + cps[to - 1].len}); };
   auto cp_at = [&](size_t i) { return i < end ? cps[i].cp : 0xFFFFFFFFu; };  // past the end: matches no class
@@ -118,18 +131,10 @@ void split_gpt2(const std::vector<Codepoint>& cps, size_t begin, size_t end, std
   while (pos < end) {
     const uint32_t c = cps[pos].cp;
     // 's|'t|'re|'ve|'m|'ll|'d
-    if (c == '\'' && pos + 1 < end) {
-      const uint32_t c1 = cp_at(pos + 1), c2 = cp_at(pos + 2);
-      if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-        emit(pos, pos + 2);
-        pos += 2;
-        continue;
-      }
-      if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
-        emit(pos, pos + 3);
-        pos += 3;
-        continue;
-      }
+    if (const size_t n = contraction(cps, pos, end, false)) {
+      emit(pos, pos + n);
+      pos += n;
+      continue;
     }
     // ` ?X+` for X = \p{L}, \p{N}, [^\s\p{L}\p{N}]: an optional leading space, then a run of one class.
     const size_t body = (c == ' ') ? pos + 1 : pos;
@@ -170,6 +175,77 @@ void split_digits_then_gpt2(const std::vector<Codepoint>& cps, std::vector<Span>
     start = i + 1;
   }
   if (start < cps.size()) split_gpt2(cps, start, cps.size(), out);
+}
+
+void split_llama3(const std::vector<Codepoint>& cps, size_t max_digits, std::vector<Span>& out) {
+  const size_t end = cps.size();
+  auto emit = [&](size_t from, size_t to) { out.push_back({cps[from].offset, cps[to - 1].offset + cps[to - 1].len}); };
+  auto letter = [&](size_t i) { return i < end && is_letter(cps[i].cp); };
+  auto space = [&](size_t i) { return i < end && is_whitespace(cps[i].cp); };
+  auto crlf = [&](size_t i) { return i < end && (cps[i].cp == '\r' || cps[i].cp == '\n'); };
+  auto other = [&](size_t i) {  // [^\s\p{L}\p{N}]
+    return i < end && !is_whitespace(cps[i].cp) && !is_letter(cps[i].cp) && !is_number(cps[i].cp);
+  };
+  size_t pos = 0;
+  while (pos < end) {
+    const uint32_t c = cps[pos].cp;
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d) (ASCII case folding, as llama.cpp)
+    if (const size_t n = contraction(cps, pos, end, true)) {
+      emit(pos, pos + n);
+      pos += n;
+      continue;
+    }
+    // [^\r\n\p{L}\p{N}]?\p{L}+ : one optional char that is not CR/LF/letter/digit (a space, punctuation...), then
+    // a letter run.
+    if (letter(pos) || (c != '\r' && c != '\n' && !is_number(c) && letter(pos + 1))) {
+      size_t e = pos + 1;
+      while (letter(e)) ++e;
+      emit(pos, e);
+      pos = e;
+      continue;
+    }
+    // \p{N}{1,max_digits}
+    if (is_number(c)) {
+      size_t e = pos + 1;
+      while (e - pos < max_digits && e < end && is_number(cps[e].cp)) ++e;
+      emit(pos, e);
+      pos = e;
+      continue;
+    }
+    // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+    if (other(pos) || (c == ' ' && other(pos + 1))) {
+      size_t e = pos + 1;
+      while (other(e)) ++e;
+      while (crlf(e)) ++e;
+      emit(pos, e);
+      pos = e;
+      continue;
+    }
+    // Whitespace from here (every code point is a letter, a number, \s or "other").
+    size_t e = pos;
+    while (space(e)) ++e;
+    if (e == pos) {  // unreachable; keep progress anyway
+      emit(pos, pos + 1);
+      ++pos;
+      continue;
+    }
+    // \s*[\r\n]+ : the run up to and including its last CR/LF.
+    size_t last_crlf = e;
+    for (size_t i = e; i > pos; --i)
+      if (crlf(i - 1)) {
+        last_crlf = i - 1;
+        break;
+      }
+    if (last_crlf < e) {
+      emit(pos, last_crlf + 1);
+      pos = last_crlf + 1;
+      continue;
+    }
+    // \s+(?!\S)|\s+ : when a non-space follows, the run's last char is left to start the next piece.
+    if (e < end && e - pos > 1) --e;
+    emit(pos, e);
+    pos = e;
+  }
 }
 
 }  // namespace adamas::unicode

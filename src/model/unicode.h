@@ -36,5 +36,10 @@ struct Span {
 void split_gpt2(const std::vector<Codepoint>& cps, size_t begin, size_t end, std::vector<Span>& out);
 // SmolLM2/StarCoder ("smollm"): every \p{N} code point alone, the GPT-2 split between them.
 void split_digits_then_gpt2(const std::vector<Codepoint>& cps, std::vector<Span>& out);
+// Llama 3 (max_digits 3) and Qwen2 (max_digits 1):
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+//   \s*[\r\n]+|\s+(?!\S)|\s+
+// The contractions fold ASCII case only (as llama.cpp).
+void split_llama3(const std::vector<Codepoint>& cps, size_t max_digits, std::vector<Span>& out);
 
 }  // namespace adamas::unicode

@@ -181,11 +181,58 @@ TEST(tokenizer, unsupported_and_malformed_vocabularies) {
     }
   };
   expect_error(tiny_vocab("bert", "default"), ErrorKind::unsupported, "unsupported tokenizer model 'bert'");
-  expect_error(tiny_vocab("gpt2", "qwen2"), ErrorKind::unsupported, "unsupported pre-tokenizer 'qwen2'");
+  expect_error(tiny_vocab("gpt2", "deepseek-llm"), ErrorKind::unsupported, "unsupported pre-tokenizer 'deepseek-llm'");
   expect_error(tiny_vocab("gpt2", "gpt2", 99), ErrorKind::format, "bos_token_id = 99 is outside");
   test::GgufWriter w;
   w.header(3, 0, 1).kv_str("tokenizer.ggml.model", "gpt2");
   expect_error(w.bytes, ErrorKind::format, "missing metadata key 'tokenizer.ggml.tokens'");
+}
+
+// Llama 3 / Qwen2 splits vs the Python `regex` module's matches of the same regexes (scripts/make-split-fixtures).
+TEST(tokenizer, llama3_and_qwen2_split_fixture) {
+  std::ifstream in(test::fixture_path("splits.json"));
+  ASSERT_TRUE(in) << "missing fixture splits.json (scripts/make-split-fixtures)";
+  const auto doc = nlohmann::json::parse(in);
+  auto split = [](std::string_view text, size_t max_digits) {
+    const auto cps = unicode::decode_utf8(text);
+    std::vector<unicode::Span> spans;
+    unicode::split_llama3(cps, max_digits, spans);
+    Pieces out;
+    for (const auto& s : spans) out.emplace_back(text.substr(s.begin, s.end - s.begin));
+    return out;
+  };
+  int n = 0;
+  for (const auto& c : doc["cases"]) {
+    const std::string text = c["text"];
+    EXPECT_EQ(split(text, 3), c["llama3"].get<Pieces>()) << "llama3, text: " << nlohmann::json(text).dump();
+    EXPECT_EQ(split(text, 1), c["qwen2"].get<Pieces>()) << "qwen2, text: " << nlohmann::json(text).dump();
+    ++n;
+  }
+  EXPECT_GE(n, 250);
+}
+
+// End to end through GGUF: pre "llama-bpe" (Llama 3 split, ignore_merges, add_bos) and "qwen2".
+std::vector<uint8_t> digits_vocab(std::string_view pre) {
+  test::GgufWriter w;
+  w.header(3, 0, 5).kv_str("tokenizer.ggml.model", "gpt2").kv_str("tokenizer.ggml.pre", pre);
+  w.kv_strings("tokenizer.ggml.tokens", {"<s>", "a", "b", "ab", "Ġ", "Ġa", "1", "2", "3", "4", "12", "123", "Ġab"});
+  w.kv_strings("tokenizer.ggml.merges", {"a b", "Ġ a", "1 2", "12 3"});  // no "Ġa b": "Ġab" only as a whole word
+  w.kv_u32("tokenizer.ggml.bos_token_id", 0);
+  return w.bytes;
+}
+
+TEST(tokenizer, llama3_and_qwen2_pre_tokenizers) {
+  const GgufFile l3f = GgufFile::from_bytes(digits_vocab("llama-bpe"));
+  const Tokenizer l3 = Tokenizer::from_gguf(l3f);
+  EXPECT_TRUE(l3.add_bos());
+  // "ab", " ab" (whole vocabulary entry: merges ignored), " ", "123", "4"
+  EXPECT_EQ(l3.encode("ab ab 1234"), (std::vector<int32_t>{3, 12, 4, 11, 9}));
+  EXPECT_EQ(l3.decode(l3.encode("ab ab 1234")), "ab ab 1234");
+  const GgufFile qf = GgufFile::from_bytes(digits_vocab("qwen2"));
+  const Tokenizer q = Tokenizer::from_gguf(qf);
+  EXPECT_FALSE(q.add_bos());
+  // "ab", " ab" (merged by rank: "a b" first, so Ġ + ab), " ", "1", "2", "3", "4"
+  EXPECT_EQ(q.encode("ab ab 1234"), (std::vector<int32_t>{3, 4, 3, 4, 6, 7, 8, 9}));
 }
 
 // The shared tiny SentencePiece vocabulary (spm_vocab.h), serialized as GGUF keys.
