@@ -59,23 +59,30 @@ void bench_empty_big_param() {
   static BigParam p{};
   empty_big_kernel<<<1, 32>>>(p);
 }
-void bench_cluster_kernel(int blocks, int cluster, int syncs, int smem) {
-  static BigParam p{};
-  static bool attr = false;
-  if (!attr) {
+// cluster_kernel's attributes (non-portable cluster sizes, 160 KB of dynamic shared memory) and a launch of `blocks`
+// 256-thread blocks in clusters of `cluster` with `smem` bytes; `attr` is the storage cfg.attrs points to.
+// The attributes are set once per process, so the timed launches carry no extra host calls.
+static cudaLaunchConfig_t cluster_config(int blocks, int cluster, int smem, cudaLaunchAttribute& attr) {
+  static const bool attributes_set = [] {
     cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
-    attr = true;
-  }
+    return true;
+  }();
+  (void)attributes_set;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(unsigned(blocks));
   cfg.blockDim = dim3(256);
   cfg.dynamicSmemBytes = size_t(smem);
-  cudaLaunchAttribute a[1];
-  a[0].id = cudaLaunchAttributeClusterDimension;
-  a[0].val.clusterDim.x = unsigned(cluster), a[0].val.clusterDim.y = 1, a[0].val.clusterDim.z = 1;
-  cfg.attrs = a;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = unsigned(cluster), attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
   cfg.numAttrs = 1;
+  return cfg;
+}
+void bench_cluster_kernel(int blocks, int cluster, int syncs, int smem) {
+  static BigParam p{};
+  cudaLaunchAttribute a;
+  const cudaLaunchConfig_t cfg = cluster_config(blocks, cluster, smem, a);
   cudaLaunchKernelEx(&cfg, cluster_kernel, p, syncs);
 }
 // An empty kernel of `blocks` blocks launched cooperatively (the grid select's launch), 5.6 KB parameter.
@@ -92,17 +99,8 @@ void bench_coop_kernel(int blocks) {
   cudaLaunchKernelEx(&cfg, empty_big_kernel, p);
 }
 int bench_max_clusters(int cluster, int smem) {
-  cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-  cudaFuncSetAttribute(cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(unsigned(cluster * 64));
-  cfg.blockDim = dim3(256);
-  cfg.dynamicSmemBytes = size_t(smem);
-  cudaLaunchAttribute a[1];
-  a[0].id = cudaLaunchAttributeClusterDimension;
-  a[0].val.clusterDim.x = unsigned(cluster), a[0].val.clusterDim.y = 1, a[0].val.clusterDim.z = 1;
-  cfg.attrs = a;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute a;
+  const cudaLaunchConfig_t cfg = cluster_config(cluster * 64, cluster, smem, a);
   int n = -1;
   if (cudaOccupancyMaxActiveClusters(&n, cluster_kernel, &cfg) != cudaSuccess) (void)cudaGetLastError();
   return n;
