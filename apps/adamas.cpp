@@ -145,6 +145,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   eval->add_option("--group", ea.groups, "Adamas selection: per-head, shared-sum, shared-union")->delimiter(',')
       ->capture_default_str();
+  eval->add_option("--keep", ea.keep,
+                   "Adamas: SINK:WINDOW pairs, the first SINK and last WINDOW tokens always kept inside the budget")
+      ->delimiter(',');
   eval->add_option("--lengths", ea.lengths, "context lengths in tokens (ppl: checkpoints)")->delimiter(',')
       ->capture_default_str();
   eval->add_option("--depths", ea.depths, "passkey: needle depths spread over 0-100%")->capture_default_str();

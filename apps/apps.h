@@ -74,6 +74,7 @@ struct EvalArgs {
   std::vector<int64_t> budgets{64};
   std::vector<std::string> thresholds{"fixed"};  // adamas: fixed, calibrated
   std::vector<std::string> groups{"per-head"};   // adamas: per-head, shared-sum, shared-union
+  std::vector<std::string> keep{"0:0"};          // adamas: sink:window pairs kept inside the budget
   std::vector<int64_t> lengths{1024, 2048, 4096, 8192};
   int64_t depths = 10;   // passkey: depths spread evenly over [0, 1]
   int64_t samples = 1;   // passkey: keys per (length, depth); ruler: samples per (task, length)

@@ -48,7 +48,9 @@ nlohmann::json variant_fields(const Variant& v) {
           {"method", method_name(v.method)},
           {"budget", v.budget},
           {"thresholds", v.calibrated ? "calibrated" : "fixed"},
-          {"group", group_selection_name(v.group)}};
+          {"group", group_selection_name(v.group)},
+          {"sink", v.sink},
+          {"window", v.window}};
 }
 
 // Rows that differ only in the variant share a prompt id (so reports can compare them with full attention).
@@ -222,7 +224,7 @@ int eval_command(const EvalArgs& a, const std::string& command_line) {
   ADAMAS_CHECK_ARG(a.samples >= 1, "--samples {} (expected >= 1)", a.samples);
   ADAMAS_CHECK_ARG(a.sparse_tail >= 1, "--sparse-tail {} (expected >= 1)", a.sparse_tail);
   ADAMAS_CHECK_ARG(a.recall_steps >= 1, "--recall-steps {} (expected >= 1)", a.recall_steps);
-  const std::vector<Variant> variants = expand_variants({a.attn, a.budgets, a.thresholds, a.groups});
+  const std::vector<Variant> variants = expand_variants({a.attn, a.budgets, a.thresholds, a.groups, a.keep});
   const LlamaModel model = LlamaModel::load(resolve_model_path(a.model));
   const int64_t ctx = model.config().context_length;
   for (int64_t n : a.lengths) {

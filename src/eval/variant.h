@@ -15,9 +15,12 @@ struct Variant {
   int64_t budget = 0;       // 0 for full attention
   bool calibrated = false;  // adamas: thresholds calibrated at prefill instead of the fixed (-10, 0, 10)
   GroupSelection group = GroupSelection::per_head;  // adamas
+  int64_t sink = 0;    // adamas: the first tokens always kept, inside the budget
+  int64_t window = 0;  // adamas: the most recent tokens always kept, inside the budget
 };
 
-// "full", "adamas-64", "adamas-cal-64", "adamas-shared-sum-64", "adamas-cal-shared-union-64", "quest-64", ...
+// "full", "adamas-64", "adamas-cal-64", "adamas-shared-sum-64", "adamas-cal-shared-union-64", "adamas-cal-s4w16-128"
+// (sink 4, window 16), "quest-64", ...
 std::string variant_name(const Variant& v);
 // The engine options of the variant on a cache of `context` tokens (the paper's 2 dense layers).
 EngineOptions engine_options(const Variant& v, int64_t context);
@@ -30,9 +33,11 @@ struct VariantGrid {
   std::vector<int64_t> budgets{64};
   std::vector<std::string> thresholds{"fixed"};  // adamas: fixed and/or calibrated
   std::vector<std::string> groups{"per-head"};   // adamas
+  std::vector<std::string> keep{"0:0"};          // adamas: "SINK:WINDOW" pairs
 };
-// Full attention once (whatever the budgets), then each sparse method x budget (x thresholds x groups for Adamas).
-// Errors name an unknown method, thresholds mode or group, and a budget <= 0.
+// Full attention once (whatever the budgets), then each sparse method x budget (x thresholds x groups x keep for
+// Adamas). Errors name an unknown method, thresholds mode or group, a budget <= 0, and a malformed keep pair or one
+// that does not fit in a budget.
 std::vector<Variant> expand_variants(const VariantGrid& grid);
 
 }  // namespace adamas

@@ -40,7 +40,27 @@ TEST(Variants, GridExpandsFullOnceAndAdamasOverThresholdsAndGroups) {
   EXPECT_EQ(o.context, 500);
 }
 
+TEST(Variants, KeepPairsNameTheVariantAndReachTheEngine) {
+  const auto v = expand_variants({{"full", "adamas", "streaming"}, {64}, {"calibrated"}, {"per-head"}, {"0:0", "4:16"}});
+  std::vector<std::string> names;
+  for (const Variant& x : v) names.push_back(variant_name(x));
+  // Streaming has its own sink/window: the pairs multiply Adamas alone.
+  EXPECT_EQ(names, (std::vector<std::string>{"full", "adamas-cal-64", "adamas-cal-s4w16-64", "streaming-64"}));
+  const EngineOptions o = engine_options(v[2], 300);
+  EXPECT_EQ(o.attention.sink, 4);
+  EXPECT_EQ(o.attention.window, 16);
+  EXPECT_EQ(engine_options(v[1], 300).attention.sink, 0);
+  EXPECT_NO_THROW(validate_config(o.attention));
+}
+
 TEST(Variants, BadGridsAreErrors) {
+  EXPECT_THROW(expand_variants({{"adamas"}, {64}, {"fixed"}, {"per-head"}, {"4-16"}}), Error);
+  EXPECT_THROW(expand_variants({{"adamas"}, {64}, {"fixed"}, {"per-head"}, {"4:x"}}), Error);
+  EXPECT_THROW(expand_variants({{"adamas"}, {64}, {"fixed"}, {"per-head"}, {"-1:4"}}), Error);
+  EXPECT_THROW(expand_variants({{"adamas"}, {64}, {"fixed"}, {"per-head"}, {"4:16 "}}), Error);
+  EXPECT_THROW(expand_variants({{"adamas"}, {16}, {"fixed"}, {"per-head"}, {"8:9"}}), Error);  // 17 > 16
+  EXPECT_NO_THROW(expand_variants({{"adamas"}, {16}, {"fixed"}, {"per-head"}, {"8:8"}}));
+  EXPECT_THROW(expand_variants({{"adamas"}, {16}, {"fixed"}, {"per-head"}, {}}), Error);
   EXPECT_THROW(expand_variants({{"adamas"}, {0}, {"fixed"}, {"per-head"}}), Error);
   EXPECT_THROW(expand_variants({{"adamas"}, {-4}, {"fixed"}, {"per-head"}}), Error);
   EXPECT_THROW(expand_variants({{"dense"}, {64}, {"fixed"}, {"per-head"}}), Error);
