@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -45,11 +46,34 @@ struct Row {
   std::string impl;  // full, adamas, or the baseline's name
   double tokens_per_s = 0;
   std::string note;
+  std::string fusion = "all";  // the engine's fusions (A/B rows: another setting)
 };
+
+// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope": extra fusion settings measured next to the default (all) at
+// ADAMAS_ENGINE_AB_CTX (default 32768) and batch 1, in the same run: each change's effect on the step time.
+std::vector<std::pair<std::string, unsigned>> ab_settings() {
+  std::vector<std::pair<std::string, unsigned>> out;
+  const char* e = std::getenv("ADAMAS_ENGINE_AB");
+  if (!e) return out;
+  const std::map<std::string, unsigned> bit{{"norm", gpu::kFuseNorm}, {"swiglu", gpu::kFuseSwiglu},
+                                            {"rope", gpu::kFuseRope}, {"pdl", gpu::kFusePdl}};
+  std::string list = e;
+  for (size_t p = 0; p <= list.size();) {
+    const size_t q = std::min(list.find(',', p), list.size());
+    const std::string name = list.substr(p, q - p);
+    p = q + 1;
+    if (name.empty()) continue;
+    if (name == "none") out.emplace_back(name, 0u);
+    else if (name.size() > 1 && name[0] == '-' && bit.count(name.substr(1)))
+      out.emplace_back(name, gpu::kFuseAll & ~bit.at(name.substr(1)));
+    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none or -norm/-swiglu/-rope/-pdl)", name);
+  }
+  return out;
+}
 
 // Median tokens/s of `reps` runs of `tokens` greedy steps over `batch` sequences of `ctx` random cached tokens.
 Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch, int64_t ctx, int64_t tokens,
-            int reps) {
+            int reps, unsigned fuse = gpu::kFuseAll) {
   constexpr int64_t kWarmup = 4;
   gpu::GpuEngineOptions o;
   o.context = ctx + kWarmup + reps * tokens + 1;
@@ -57,6 +81,9 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch,
   o.attention.method = m;
   o.attention.budget = budget;
   o.prefill_chunk = 16;
+  o.fuse = fuse;
+  const char* paged = std::getenv("ADAMAS_ENGINE_PAGED");  // 0: one contiguous cache up front
+  o.paged = !(paged && std::string(paged) == "0");
   Row r{batch, ctx, method_name(m), 0, ""};
   try {
     gpu::GpuEngine e(model, o);
@@ -76,7 +103,9 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch,
       tps.push_back(double(batch * tokens) / s);
     }
     r.tokens_per_s = median(tps);
-    r.note = fmt::format("graph steps {}, eager {}", e.graph_steps(), e.eager_steps());
+    r.note = fmt::format("graph steps {}, eager {}, host {:.0f} us/step, cache {:.1f} GiB{}", e.graph_steps(),
+                         e.eager_steps(), e.host_us_per_step(), double(e.cache_bytes()) / double(1 << 30),
+                         o.paged ? " paged" : "");
   } catch (const Error& err) {
     r.note = fmt::format("skipped: {}", err.what());
   }
@@ -149,6 +178,17 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
                      r.tokens_per_s > 0 ? 1e3 * double(batch) / r.tokens_per_s : 0.0, r.note);
           std::fflush(stdout);
         }
+    const char* ab_ctx = std::getenv("ADAMAS_ENGINE_AB_CTX");
+    const int64_t actx = ab_ctx ? std::atoll(ab_ctx) : 32768;
+    for (const auto& [name, fuse] : ab_settings())
+      for (Method m : methods) {
+        rows.push_back(measure(model, m, a.budget, 1, actx, a.tokens, a.reps, fuse));
+        Row& r = rows.back();
+        r.fusion = name;
+        fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | fusions {}; {}\n", 1, actx, r.impl, r.tokens_per_s,
+                   r.tokens_per_s > 0 ? 1e3 / r.tokens_per_s : 0.0, name, r.note);
+        std::fflush(stdout);
+      }
   }  // weights freed before the baseline runs
   if (!a.no_baseline)
     for (Row& r : run_baseline(c, a)) rows.push_back(r);
@@ -156,6 +196,7 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> by;
   std::string base_name;
   for (const Row& r : rows) {
+    if (r.fusion != "all") continue;
     if (r.tokens_per_s > 0) by[{r.batch, r.ctx}][r.impl] = r.tokens_per_s;
     if (r.impl != "full" && r.impl != "adamas") base_name = r.impl;
   }
@@ -177,7 +218,8 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   }
   for (const Row& r : rows)
     out.push_back({{"shape", c.name}, {"batch", r.batch}, {"ctx", r.ctx}, {"impl", r.impl},
-                   {"tokens_per_s", r.tokens_per_s}, {"budget", a.budget}, {"note", r.note}});
+                   {"tokens_per_s", r.tokens_per_s}, {"budget", a.budget}, {"note", r.note},
+                   {"fusion", r.fusion}});
   if (!a.json.empty()) write_json(a.json, out);
   return 0;
 }

@@ -224,6 +224,92 @@ TEST(GpuEngine, BatchEqualsSingleSequences) {
   }
 }
 
+// Every fusion off (separate RMSNorm, SwiGLU, RoPE/append/encode kernels, no programmatic launch) gives the fused
+// engine's tokens.
+TEST(GpuEngine, FusedEqualsUnfused) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> prompt{9, 99, 999};
+  gpu::GpuEngineOptions o = gpu_options(Method::adamas, 1);
+  gpu::GpuEngine fused(smol_gpu(), o);
+  o.fuse = 0;
+  gpu::GpuEngine plain(smol_gpu(), o);
+  EXPECT_EQ(gpu_greedy(fused, prompt, 40), gpu_greedy(plain, prompt, 40));
+}
+
+// The paged cache: finished sequences' pages are reused (no new physical pages after the first two sequences), a
+// sequence decoded on reused pages (holding another sequence's K/V) gives the tokens of a fresh unpaged engine.
+TEST(GpuEngine, PagedCacheReusesPages) {
+  SKIP_WITHOUT_GPU();
+  gpu::GpuEngineOptions o = gpu_options(Method::adamas, 2);
+  o.context = 2048;
+  gpu::GpuEngine e(smol_gpu(), o);
+  EXPECT_EQ(e.cache_bytes(), 0);
+  const std::vector<std::vector<int32_t>> prompts{{3, 1, 4}, {1, 5, 9, 2}, {6, 5}, {3, 5, 8, 9}, {7, 9}, {3, 2, 3}};
+  const int a = e.add_sequence();
+  e.prefill(a, prompts[0]);
+  const int64_t one = e.cache_bytes();
+  EXPECT_GT(one, 0);
+  int b = e.add_sequence();
+  e.prefill(b, prompts[1]);
+  EXPECT_EQ(e.cache_bytes(), 2 * one);
+  const int64_t created = e.cache_pages_created();
+  e.finish(a);
+  EXPECT_EQ(e.cache_bytes(), one);
+  int prev = b;
+  for (size_t i = 2; i < prompts.size(); ++i) {  // finish one, add one: the pool does not grow
+    const int s = e.add_sequence();
+    e.prefill(s, prompts[i]);
+    const int st[1] = {s};
+    const int32_t tk[1] = {7};
+    e.generate(st, tk, 20);
+    EXPECT_EQ(e.cache_pages_created(), created) << "sequence " << i;
+    EXPECT_EQ(e.cache_bytes(), 2 * one);
+    e.finish(prev);
+    prev = s;
+  }
+  e.finish(prev);
+  gpu::GpuEngineOptions u = gpu_options(Method::adamas, 1);
+  u.context = o.context;
+  u.paged = false;
+  gpu::GpuEngine fresh(smol_gpu(), u);
+  const int other = e.add_sequence();
+  e.prefill(other, prompts[0]);  // the pool's pages now hold stale K/V of finished sequences
+  EXPECT_EQ(gpu_greedy(e, prompts[3], 30), gpu_greedy(fresh, prompts[3], 30));
+  EXPECT_EQ(e.cache_pages_created(), created);
+}
+
+// A sequence that grows across a page boundary during decode (pages mapped as it grows) gives the tokens of the
+// unpaged cache: a random model with 64-wide heads (16384 tokens per 2 MiB page of a K or V plane), a cache filled
+// with 16000 random tokens, then 400 steps.
+TEST(GpuEngine, PagedCacheGrowsAcrossPages) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c;
+  c.architecture = "llama";
+  c.n_layers = 3, c.dim = 256, c.ffn_dim = 512, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.n_rot = 64;
+  c.vocab = 512, c.rope_base = 10000.0, c.norm_eps = 1e-5f, c.context_length = 1 << 20;
+  const gpu::GpuModel m = gpu::GpuModel::random(c, 5);
+  std::vector<std::vector<int32_t>> out;
+  std::vector<int64_t> bytes;
+  for (bool paged : {true, false}) {
+    gpu::GpuEngineOptions o = gpu_options(Method::adamas, 1);
+    o.context = 40000;
+    o.paged = paged;
+    gpu::GpuEngine e(m, o);
+    const int s = e.add_sequence();
+    e.fill_random(s, 16000, 77);
+    const int64_t before = e.cache_bytes();
+    const int st[1] = {s};
+    const int32_t tk[1] = {11};
+    std::vector<int32_t> toks;
+    for (const auto& step : e.generate(st, tk, 400)) toks.push_back(step[0]);
+    out.push_back(toks);
+    bytes.push_back(e.cache_bytes() - before);
+  }
+  EXPECT_EQ(out[0], out[1]);
+  EXPECT_GT(bytes[0], 0) << "no page mapped while the sequence grew past 16384 tokens";
+  EXPECT_EQ(bytes[1], 0);
+}
+
 TEST(GpuEngine, ClearErrors) {
   SKIP_WITHOUT_GPU();
   auto message = [](auto&& f) {
@@ -239,9 +325,20 @@ TEST(GpuEngine, ClearErrors) {
   EXPECT_NE(message([] {
               gpu::GpuEngineOptions o = gpu_options(Method::full, 1);
               o.context = 8192;
-              o.max_batch = 100000;  // petabytes of cache
+              o.max_batch = 100000;  // 19 TB of cache, allocated up front when not paged
+              o.paged = false;
               gpu::GpuEngine e(smol_gpu(), o);
             }).find("GPU out of memory"),
+            std::string::npos);
+  // Paged: pages come with the tokens; a cache budget of 16 pages runs out at the first prefill (~90 pages).
+  EXPECT_NE(message([] {
+              gpu::GpuEngineOptions o = gpu_options(Method::adamas, 2);
+              o.context = 8192;
+              o.cache_budget_bytes = int64_t(32) << 20;
+              gpu::GpuEngine e(smol_gpu(), o);
+              const std::vector<int32_t> p{1, 2, 3};
+              e.prefill(e.add_sequence(), p);
+            }).find("GPU out of memory: the paged KV cache"),
             std::string::npos);
   gpu::GpuEngine e(smol_gpu(), gpu_options(Method::full, 1));
   const int seq = e.add_sequence();

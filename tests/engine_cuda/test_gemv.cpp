@@ -97,3 +97,101 @@ TEST(Gemv, MatchesFp64Reference) {
 
 }  // namespace
 }  // namespace adamas
+
+namespace adamas {
+namespace {
+
+// The fused GEMV (GemvFusion): the RMSNorm prologue equals the plain GEMV of the host-normalized x bit for bit (same
+// f32 products in the same order); the sum-of-squares epilogue equals the double sum of the stored outputs; SwiGLU
+// over (gate, up) row pairs equals the plain GEMV followed by swiglu_rows bit for bit; PDL changes nothing.
+TEST(Gemv, FusionsMatchUnfused) {
+  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+  const Case cases[] = {{2, 8}, {38, 520}, {130, 1544}, {1002, 4104}};
+  std::mt19937_64 rng(99);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const Case& cs : cases)
+    for (int n = 1; n <= 4; ++n)
+      for (bool pdl : {false, true}) {
+        const int64_t rows = cs.rows, cols = cs.cols;
+        std::vector<__half> w(rows * cols);
+        std::vector<float> x(n * cols), g(cols), y0(n * rows);
+        for (auto& v : w) v = __float2half(u(rng) * 0.1f);
+        for (float& v : x) v = u(rng) * 3.0f;
+        for (float& v : g) v = 1.0f + 0.1f * u(rng);
+        for (float& v : y0) v = u(rng);
+        const float eps = 1e-5f;
+        std::vector<double> ss(n, 0.0);
+        std::vector<float> xn(n * cols);
+        for (int t = 0; t < n; ++t) {
+          for (int64_t c = 0; c < cols; ++c) ss[t] += double(x[t * cols + c]) * x[t * cols + c];
+          const float s = float(1.0 / std::sqrt(ss[t] / double(cols) + double(eps)));
+          for (int64_t c = 0; c < cols; ++c) xn[t * cols + c] = x[t * cols + c] * s * g[c];
+        }
+        __half* dw;
+        float *dx, *dxn, *dg, *dy, *dref;
+        double *dss, *dout_ss;
+        CK(cudaMalloc(&dw, w.size() * 2));
+        CK(cudaMalloc(&dx, x.size() * 4));
+        CK(cudaMalloc(&dxn, xn.size() * 4));
+        CK(cudaMalloc(&dg, g.size() * 4));
+        CK(cudaMalloc(&dy, y0.size() * 4));
+        CK(cudaMalloc(&dref, y0.size() * 4));
+        CK(cudaMalloc(&dss, n * 8));
+        CK(cudaMalloc(&dout_ss, n * 8));
+        CK(cudaMemcpy(dw, w.data(), w.size() * 2, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dxn, xn.data(), xn.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dg, g.data(), g.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dss, ss.data(), n * 8, cudaMemcpyHostToDevice));
+        std::vector<float> want(n * rows), got(n * rows);
+        // Norm prologue + residual (beta 1) + sum of squares.
+        CK(cudaMemcpy(dref, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
+        gpu::skinny_matmul(dw, rows, cols, dxn, n, dref, 1.0f, nullptr);
+        CK(cudaMemcpy(dy, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemset(dout_ss, 0, n * 8));
+        gpu::GemvFusion f{.norm_ss = dss, .norm_w = dg, .eps = eps, .out_ss = dout_ss, .pdl = pdl};
+        gpu::skinny_matmul_fused(dw, rows, cols, dx, n, dy, 1.0f, f, nullptr);
+        CK(cudaGetLastError());
+        CK(cudaMemcpy(want.data(), dref, want.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(got.data(), dy, got.size() * 4, cudaMemcpyDeviceToHost));
+        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), got.size() * 4))
+            << "norm prologue: rows " << rows << " cols " << cols << " n " << n << " pdl " << pdl;
+        std::vector<double> out_ss(n);
+        CK(cudaMemcpy(out_ss.data(), dout_ss, n * 8, cudaMemcpyDeviceToHost));
+        for (int t = 0; t < n; ++t) {
+          double ref = 0;
+          for (int64_t r = 0; r < rows; ++r) ref += double(got[t * rows + r]) * got[t * rows + r];
+          ASSERT_NEAR(out_ss[t], ref, 1e-12 * ref) << "sum of squares, token " << t;
+        }
+        // SwiGLU over row pairs (beta 0 over poison): plain GEMV + swiglu_rows vs the fused epilogue.
+        const int64_t ffn = rows / 2;
+        gpu::skinny_matmul(dw, rows, cols, dx, n, dref, 0.0f, nullptr);
+        gpu::swiglu_rows(dref, n, ffn, dy, nullptr);
+        CK(cudaMemcpy(want.data(), dy, n * ffn * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemset(dy, 0xff, y0.size() * 4));
+        gpu::skinny_matmul_fused(dw, rows, cols, dx, n, dy, 0.0f, gpu::GemvFusion{.swiglu = true, .pdl = pdl},
+                                 nullptr);
+        CK(cudaMemcpy(got.data(), dy, got.size() * 4, cudaMemcpyDeviceToHost));
+        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), n * ffn * 4))
+            << "swiglu: rows " << rows << " cols " << cols << " n " << n << " pdl " << pdl;
+        for (int64_t i = n * ffn; i < n * rows; ++i) ASSERT_TRUE(std::isnan(got[i])) << "swiglu wrote past its output";
+        // And against fp64: act = silu(gate) * up of the exact products.
+        for (int t = 0; t < n; ++t)
+          for (int64_t i = 0; i < ffn; ++i) {
+            double gt = 0, up = 0, mag = 0;
+            for (int64_t c = 0; c < cols; ++c) {
+              gt += double(__half2float(w[(2 * i) * cols + c])) * x[t * cols + c];
+              up += double(__half2float(w[(2 * i + 1) * cols + c])) * x[t * cols + c];
+              mag += std::fabs(double(__half2float(w[(2 * i) * cols + c])) * x[t * cols + c]);
+            }
+            const double ref = gt / (1.0 + std::exp(-gt)) * up;
+            ASSERT_NEAR(got[t * ffn + i], ref, 1e-5 * (1.0 + mag) * (1.0 + std::fabs(up)));
+          }
+        for (void* p : {(void*)dw, (void*)dx, (void*)dxn, (void*)dg, (void*)dy, (void*)dref, (void*)dss,
+                        (void*)dout_ss})
+          CK(cudaFree(p));
+      }
+}
+
+}  // namespace
+}  // namespace adamas

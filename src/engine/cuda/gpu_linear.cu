@@ -115,6 +115,9 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const __half* w, in
 
 // ---------------------------------------------------------------------------------------------------------------
 // The streaming kernel: R rows per warp, kStreamWarps warps per block, U column steps of 256 per batch of loads.
+// Optional fusions (GemvFusion, gpu_ops.h): an RMSNorm prologue on x (NORM), the sum of squares of the stored
+// outputs (the next RMSNorm's input) and SwiGLU over (gate, up) row pairs in the epilogue, and programmatic dependent
+// launch: the first batch of weights is loaded before waiting for the previous kernel, so the loads overlap its tail.
 constexpr int kStreamWarps = 4;
 
 // Read-only, read-once weights: bypass L1 (x lives there), normal L2 policy.
@@ -126,65 +129,146 @@ __device__ __forceinline__ uint4 stream_load(const __half* p) {
   return v;
 }
 
-template <int NT, int R>
+__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+template <int NT, int R, bool NORM>
 __device__ __forceinline__ void accumulate_stream(const uint4 (&wv)[R], const float* x, int64_t cols, int64_t c,
-                                     float (&acc)[R][NT]) {
+                                                  const float (&s)[NT], const float* g, float (&acc)[R][NT]) {
+  float gv[8];
+  if constexpr (NORM) {
+    const float4 ga = __ldg(reinterpret_cast<const float4*>(g + c)), gb = __ldg(reinterpret_cast<const float4*>(g + c) + 1);
+    gv[0] = ga.x, gv[1] = ga.y, gv[2] = ga.z, gv[3] = ga.w, gv[4] = gb.x, gv[5] = gb.y, gv[6] = gb.z, gv[7] = gb.w;
+  }
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     const float4* xp = reinterpret_cast<const float4*>(x + t * cols + c);
     const float4 xa = __ldg(xp), xb = __ldg(xp + 1);
-    const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+    float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+    if constexpr (NORM) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) xv[k] = __fmul_rn(__fmul_rn(xv[k], s[t]), gv[k]);  // rms_norm_rows' x * s * w
+    }
 #pragma unroll
     for (int rr = 0; rr < R; ++rr) fma8(wv[rr], xv, acc[rr][t]);
   }
 }
 
-template <int NT, int R>
+template <int NT, int R, bool NORM>
 __global__ void __launch_bounds__(kStreamWarps * 32) stream_kernel(const __half* __restrict__ w, int64_t rows,
                                                                    int64_t cols, const float* __restrict__ x, int n,
-                                                                   float* __restrict__ y, float beta) {
+                                                                   float* __restrict__ y, float beta, GemvFusion f) {
   constexpr int U = 8 / R;  // 8 16-byte weight loads in flight per lane
+  __shared__ double ss_part[kStreamWarps][NT];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r0 = (int64_t(blockIdx.x) * kStreamWarps + warp) * R;
-  if (r0 >= rows) return;  // whole warps only: the shuffles below see full warps
+  const bool active = r0 < rows;  // whole warps only: the shuffles below see full warps
+  if (f.pdl) pdl_launch_dependents();
   const __half* wrow[R];
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) wrow[rr] = w + (r0 + rr < rows ? r0 + rr : rows - 1) * cols;
   float acc[R][NT] = {};
   int64_t c = lane * 8;
-  for (; c + (U - 1) * 256 < cols; c += U * 256) {
-    uint4 wv[U][R];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int rr = 0; rr < R; ++rr) wv[u][rr] = stream_load(wrow[rr] + c + u * 256);
-#pragma unroll
-    for (int u = 0; u < U; ++u) accumulate_stream<NT, R>(wv[u], x, cols, c + u * 256, acc);
-  }
-  // Tail: fewer than U steps left (cols need not be a multiple of 256); loads first, then the sums in order.
-  {
-    uint4 wv[U][R];
+  uint4 wv[U][R];
+  auto load_batch = [&](int64_t c0) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int rr = 0; rr < R; ++rr)
-        if (c + u * 256 < cols) wv[u][rr] = stream_load(wrow[rr] + c + u * 256);
+        if (c0 + u * 256 < cols) wv[u][rr] = stream_load(wrow[rr] + c0 + u * 256);
+  };
+  if (active) load_batch(c);  // weights do not depend on the previous kernel
+  if (f.pdl) pdl_wait();      // every thread waits: x, y and the norm sums are the previous kernels' outputs
+  float s[NT];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (c + u * 256 < cols) accumulate_stream<NT, R>(wv[u], x, cols, c + u * 256, acc);
+  for (int t = 0; t < NT; ++t)
+    s[t] = NORM ? float(1.0 / sqrt(f.norm_ss[t] / double(cols) + double(f.eps))) : 1.0f;  // rms_norm_rows' s
+  // Columns lane * 8 + 256 j in increasing j, whatever U and R: each sum's order is that of every variant.
+  if (active)
+    for (; c < cols; c += U * 256) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (c + u * 256 < cols) accumulate_stream<NT, R, NORM>(wv[u], x, cols, c + u * 256, s, f.norm_w, acc);
+      if (c + U * 256 < cols) load_batch(c + U * 256);
+    }
+  if (!f.swiglu && !f.out_ss) return reduce_store<R, NT>(acc, r0, lane, rows, n, y, beta);
+  float v[R][NT];
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      v[rr][t] = acc[rr][t];
+      for (int o = 16; o > 0; o >>= 1) v[rr][t] += __shfl_xor_sync(0xffffffffu, v[rr][t], o);
+    }
+  double sq[NT] = {};
+  if (lane == 0 && active) {
+    if constexpr (R == 2) {
+      if (f.swiglu) {  // rows (2i, 2i + 1) = (gate i, up i); r0 is even; y has rows / 2 columns
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          if (t < n) {
+            const float g = v[0][t];
+            y[t * (rows / 2) + r0 / 2] = g / (1.0f + expf(-g)) * v[1][t];  // swiglu_rows' expression
+          }
+      }
+    }
+    if (!f.swiglu) {
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          if (t < n && r0 + rr < rows) {
+            float* dst = y + t * rows + r0 + rr;
+            const float out = beta == 0.0f ? v[rr][t] : beta * *dst + v[rr][t];
+            *dst = out;
+            sq[t] += double(out) * out;
+          }
+    }
   }
-  reduce_store<R, NT>(acc, r0, lane, rows, n, y, beta);
+  if (!f.out_ss) return;
+  // One atomic per block and token row: the warps' squares summed in shared memory first.
+  if (lane == 0)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) ss_part[warp][t] = sq[t];
+  __syncthreads();
+  if (threadIdx.x < NT && int(threadIdx.x) < n) {
+    double total = 0;
+    for (int k = 0; k < kStreamWarps; ++k) total += ss_part[k][threadIdx.x];
+    atomicAdd(f.out_ss + threadIdx.x, total);
+  }
+}
+
+// Launches with the programmatic-serialization attribute when f.pdl (the kernel then waits on the previous one).
+template <int NT, int R, bool NORM>
+void launch_stream_n(unsigned blocks, const __half* w, int64_t rows, int64_t cols, const float* x, float* y,
+                     float beta, const GemvFusion& f, cudaStream_t s) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kStreamWarps * 32);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = f.pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, stream_kernel<NT, R, NORM>, w, rows, cols, x, NT, y, beta, f);
+}
+
+template <int R, bool NORM>
+void launch_stream_norm(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
+                        const GemvFusion& f, cudaStream_t s) {
+  const unsigned blocks = unsigned((rows + kStreamWarps * R - 1) / (kStreamWarps * R));
+  if (n == 1) launch_stream_n<1, R, NORM>(blocks, w, rows, cols, x, y, beta, f, s);
+  else if (n == 2) launch_stream_n<2, R, NORM>(blocks, w, rows, cols, x, y, beta, f, s);
+  else if (n == 3) launch_stream_n<3, R, NORM>(blocks, w, rows, cols, x, y, beta, f, s);
+  else launch_stream_n<4, R, NORM>(blocks, w, rows, cols, x, y, beta, f, s);
 }
 
 template <int R>
 void launch_stream(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
-                   cudaStream_t s) {
-  const unsigned blocks = unsigned((rows + kStreamWarps * R - 1) / (kStreamWarps * R));
-  const int threads = kStreamWarps * 32;
-  if (n == 1) stream_kernel<1, R><<<blocks, threads, 0, s>>>(w, rows, cols, x, 1, y, beta);
-  else if (n == 2) stream_kernel<2, R><<<blocks, threads, 0, s>>>(w, rows, cols, x, 2, y, beta);
-  else if (n == 3) stream_kernel<3, R><<<blocks, threads, 0, s>>>(w, rows, cols, x, 3, y, beta);
-  else stream_kernel<4, R><<<blocks, threads, 0, s>>>(w, rows, cols, x, 4, y, beta);
+                   cudaStream_t s, const GemvFusion& f = {}) {
+  if (f.norm_ss) launch_stream_norm<R, true>(w, rows, cols, x, n, y, beta, f, s);
+  else launch_stream_norm<R, false>(w, rows, cols, x, n, y, beta, f, s);
 }
 
 void launch_staged(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
@@ -227,6 +311,13 @@ void skinny_matmul_variant(int variant, const __half* w, int64_t rows, int64_t c
 void skinny_matmul(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
                    cudaStream_t s) {
   skinny_matmul_variant(default_variant(), w, rows, cols, x, n, y, beta, s);
+}
+
+void skinny_matmul_fused(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
+                         float beta, const GemvFusion& f, cudaStream_t s) {
+  // SwiGLU needs both rows of a pair in one warp: two rows per warp. Otherwise the default's rows per warp.
+  if (f.swiglu || n > 1) launch_stream<2>(w, rows, cols, x, n, y, beta, s, f);
+  else launch_stream<1>(w, rows, cols, x, n, y, beta, s, f);
 }
 
 }  // namespace adamas::gpu

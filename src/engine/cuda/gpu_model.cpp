@@ -52,8 +52,9 @@ void GpuModel::allocate(const ModelConfig& c, bool tied, int64_t n_pairs) {
 
 namespace {
 
-// Rows of `w` dequantized and rounded to f16 into dst (device), a slab of rows at a time.
-void upload_matrix(const WeightMatrix& w, __half* dst) {
+// Rows of `w` dequantized and rounded to f16 into dst (device), a slab of rows at a time; row r goes to row
+// r * row_step of dst (2: gate and up interleaved).
+void upload_matrix(const WeightMatrix& w, __half* dst, int64_t row_step = 1) {
   constexpr int64_t kSlab = 256;
   std::vector<float> row(size_t(w.cols));
   std::vector<__half> slab(size_t(kSlab * w.cols));
@@ -63,7 +64,8 @@ void upload_matrix(const WeightMatrix& w, __half* dst) {
       dequantize_row(w.type, w.row(r0 + r), row.data(), w.cols);
       for (int64_t i = 0; i < w.cols; ++i) slab[size_t(r * w.cols + i)] = __float2half_rn(row[size_t(i)]);
     }
-    check(cudaMemcpy(dst + r0 * w.cols, slab.data(), size_t(n * w.cols) * 2, cudaMemcpyHostToDevice),
+    check(cudaMemcpy2D(dst + r0 * row_step * w.cols, size_t(row_step * w.cols) * 2, slab.data(), size_t(w.cols) * 2,
+                       size_t(w.cols) * 2, size_t(n), cudaMemcpyHostToDevice),
           "weight upload");
   }
 }
@@ -94,8 +96,8 @@ GpuModel GpuModel::upload(const LlamaModel& model) {
     upload_matrix(w.wk, mut(L.wqkv) + c.q_dim() * c.dim);
     upload_matrix(w.wv, mut(L.wqkv) + (c.q_dim() + c.kv_dim()) * c.dim);
     upload_matrix(w.wo, mut(L.wo));
-    upload_matrix(w.gate, mut(L.wgu));
-    upload_matrix(w.up, mut(L.wgu) + c.ffn_dim * c.dim);
+    upload_matrix(w.gate, mut(L.wgu), 2);  // rows (gate i, up i): the fused SwiGLU GEMV takes both in one warp
+    upload_matrix(w.up, mut(L.wgu) + c.dim, 2);
     upload_matrix(w.down, mut(L.wdown));
   }
   upload_matrix(model.token_embedding(), mut(g.embd_));

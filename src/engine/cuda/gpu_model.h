@@ -1,6 +1,6 @@
 // A Llama-family model's weights in GPU memory: f16 matrices (any GGUF type is dequantized at load with
-// dequantize_row, then rounded to f16), f32 norms and RoPE frequencies. Q/K/V and gate/up are concatenated
-// ([q | k | v] and [gate | up] rows) so that a layer runs two input projections instead of five.
+// dequantize_row, then rounded to f16), f32 norms and RoPE frequencies. Q/K/V are concatenated ([q | k | v] rows)
+// and gate/up interleaved row by row, so that a layer runs two input projections instead of five.
 // Or random weights at a given shape (benchmarks), generated on the GPU.
 #pragma once
 
@@ -20,7 +20,7 @@ struct GpuLayer {
   const float* ffn_norm = nullptr;   // [dim]
   const __half* wqkv = nullptr;      // [q_dim + 2 kv_dim][dim]
   const __half* wo = nullptr;        // [dim][q_dim]
-  const __half* wgu = nullptr;       // [2 ffn][dim]
+  const __half* wgu = nullptr;       // [2 ffn][dim]: rows gate 0, up 0, gate 1, up 1, ...
   const __half* wdown = nullptr;     // [dim][ffn]
 };
 

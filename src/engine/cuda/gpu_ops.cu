@@ -4,6 +4,9 @@
 #include "engine/cuda/gpu_ops.h"
 
 #include <cfloat>
+#include <cmath>
+
+#include "attention/cuda/common.cuh"  // the CUDA encoder's warp Hadamard + bucketize (bit-identical codes)
 
 namespace adamas::gpu {
 namespace {
@@ -17,6 +20,24 @@ __global__ void embed_kernel(const __half* table, const int32_t* tokens, int64_t
   const __half* row = table + int64_t(tokens[r]) * dim;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < dim; i += int64_t(gridDim.x) * blockDim.x)
     x[r * dim + i] = __half2float(row[i]);
+}
+
+template <class T>
+__device__ T block_sum(T v, T* shared);
+
+// One block per row: x[r] and its sum of squares (double, as rms_norm_kernel) for the fused first RMSNorm.
+__global__ void embed_ss_kernel(const __half* table, const int32_t* tokens, int64_t dim, float* x, double* ss) {
+  __shared__ double part[32];
+  const int64_t r = blockIdx.x;
+  const __half* row = table + int64_t(tokens[r]) * dim;
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = __half2float(row[i]);
+    x[r * dim + i] = v;
+    acc += double(v) * v;
+  }
+  acc = block_sum(acc, part);
+  if (threadIdx.x == 0) ss[r] = acc;
 }
 
 template <class T>
@@ -46,6 +67,15 @@ __device__ __half* k_row(const CacheLayout& c, int64_t slot, int64_t layer, int6
   return reinterpret_cast<__half*>(p) + (head * c.capacity + pos) * c.head_dim;
 }
 
+// Rotates the pair (a, b) by the angle pos * inv_freq, sin/cos in double as on the CPU.
+__device__ __forceinline__ void rope_pair(float& a, float& b, int64_t pos, float inv_freq) {
+  const double ang = double(pos) * double(inv_freq);
+  const float cs = float(cos(ang)), sn = float(sin(ang));
+  const float a0 = a, b0 = b;
+  a = a0 * cs - b0 * sn;
+  b = a0 * sn + b0 * cs;
+}
+
 // One block per row; threads over (head, pair) of q and k, then v.
 __global__ void rope_append_kernel(const float* qkv, int64_t n_heads, const float* inv_freq, int64_t n_pairs,
                                    const int32_t* pos, const int32_t* slot, CacheLayout c, int64_t layer,
@@ -60,13 +90,7 @@ __global__ void rope_append_kernel(const float* qkv, int64_t n_heads, const floa
     const bool is_q = h < n_heads;
     const float* src = is_q ? row + h * hd : row + qd + (h - n_heads) * hd;
     float a = src[2 * i], b = src[2 * i + 1];
-    if (i < n_pairs) {
-      const double ang = double(p) * double(inv_freq[i]);
-      const float cs = float(cos(ang)), sn = float(sin(ang));
-      const float a0 = a, b0 = b;
-      a = a0 * cs - b0 * sn;
-      b = a0 * sn + b0 * cs;
-    }
+    if (i < n_pairs) rope_pair(a, b, p, inv_freq[i]);
     if (is_q) {
       q_out[r * qd + h * hd + 2 * i] = a;
       q_out[r * qd + h * hd + 2 * i + 1] = b;
@@ -84,6 +108,58 @@ __global__ void rope_append_kernel(const float* qkv, int64_t n_heads, const floa
   }
 }
 
+// One warp per (row, head) of q and k: lane l holds elements [l E, l E + E), E = D / 32, so each rope pair (2i, 2i+1)
+// is in one lane. Same arithmetic as rope_append_kernel; keys are encoded from their f16 values as stored.
+template <int D>
+__global__ void __launch_bounds__(256) rope_encode_kernel(const float* qkv, int64_t rows, int64_t n_heads,
+                                                          const float* inv_freq, int64_t n_pairs, const int32_t* pos,
+                                                          const int32_t* slot, CacheLayout c, int64_t layer,
+                                                          const cuda::detail::Thr* thr, float scale, float* q_out,
+                                                          bool pdl) {
+  if (pdl) {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");  // qkv is the previous kernel's output
+  }
+  constexpr int E = D / 32;
+  const int64_t heads = n_heads + c.kv_heads, qd = n_heads * D, kvd = c.kv_heads * D;
+  const int64_t gw = int64_t(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (gw >= rows * heads) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t r = gw / heads, h = gw % heads;
+  const float* row = qkv + r * (qd + 2 * kvd);
+  const bool is_q = h < n_heads;
+  const float* src = (is_q ? row + h * D : row + qd + (h - n_heads) * D) + lane * E;
+  const int64_t p = pos[r];
+  float x[E];
+#pragma unroll
+  for (int j = 0; j < E; j += 2) {
+    float a = src[j], b = src[j + 1];
+    const int64_t i = (lane * E + j) / 2;
+    if (i < n_pairs) rope_pair(a, b, p, inv_freq[i]);
+    x[j] = a, x[j + 1] = b;
+  }
+  if (is_q) {
+#pragma unroll
+    for (int j = 0; j < E; ++j) q_out[r * qd + h * D + lane * E + j] = x[j];
+    return;
+  }
+  const int64_t kh = h - n_heads, s = slot[r];
+  __half* dst = k_row(c, s, layer, kh, p) + lane * E;
+  const int64_t v_delta = (c.v_off - c.k_off) / 2;  // V row = K row + v_delta halves
+  const float* vsrc = row + qd + kvd + kh * D + lane * E;
+#pragma unroll
+  for (int j = 0; j < E; ++j) {
+    const __half hk = __float2half_rn(x[j]);
+    dst[j] = hk;
+    x[j] = __half2float(hk);
+    dst[v_delta + j] = __float2half_rn(vsrc[j]);
+  }
+  if (!c.has_codes) return;
+  cuda::detail::warp_hadamard<D>(x, scale);
+  uint8_t* codes = c.base + s * c.slot_bytes + layer * c.layer_bytes + c.codes_off + (kh * c.capacity + p) * (D / 4);
+  cuda::detail::warp_encode_store<D>(x, thr[0], codes);
+}
+
 __global__ void append_codes_kernel(const uint8_t* codes, const int32_t* pos, const int32_t* slot, CacheLayout c,
                                     int64_t layer) {
   const int64_t r = blockIdx.x, cb = c.head_dim / 4;
@@ -98,8 +174,8 @@ __global__ void append_codes_kernel(const uint8_t* codes, const int32_t* pos, co
 __global__ void swiglu_kernel(const float* gu, int64_t rows, int64_t ffn, float* act) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < rows * ffn; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = e / ffn, i = e % ffn;
-    const float g = gu[r * 2 * ffn + i];
-    act[e] = g / (1.0f + expf(-g)) * gu[r * 2 * ffn + ffn + i];
+    const float g = gu[r * 2 * ffn + 2 * i];
+    act[e] = g / (1.0f + expf(-g)) * gu[r * 2 * ffn + 2 * i + 1];
   }
 }
 
@@ -167,7 +243,9 @@ unsigned grid_stride_blocks(int64_t n) { return unsigned(std::min<int64_t>((n + 
 
 }  // namespace
 
-void embed_rows(const __half* table, const int32_t* tokens, int64_t rows, int64_t dim, float* x, cudaStream_t s) {
+void embed_rows(const __half* table, const int32_t* tokens, int64_t rows, int64_t dim, float* x, cudaStream_t s,
+                double* ss) {
+  if (ss) return embed_ss_kernel<<<unsigned(rows), kThreads, 0, s>>>(table, tokens, dim, x, ss);
   embed_kernel<<<dim3(blocks_for(dim), unsigned(rows)), kThreads, 0, s>>>(table, tokens, dim, x);
 }
 
@@ -181,6 +259,29 @@ void rope_and_append(const float* qkv, int64_t rows, int64_t n_heads, const floa
                      __half* k_new, cudaStream_t s) {
   rope_append_kernel<<<unsigned(rows), kThreads, 0, s>>>(qkv, n_heads, inv_freq, n_pairs, pos, slot, cache, layer,
                                                          q_out, k_new);
+}
+
+void rope_append_encode(const float* qkv, int64_t rows, int64_t n_heads, const float* inv_freq, int64_t n_pairs,
+                        const int32_t* pos, const int32_t* slot, const CacheLayout& cache, int64_t layer,
+                        const void* thresholds, float* q_out, bool pdl, cudaStream_t s) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks_for(rows * (n_heads + cache.kv_heads), 8));
+  cfg.blockDim = dim3(256);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  const auto* thr = static_cast<const cuda::detail::Thr*>(thresholds);
+  const float scale = 1.0f / std::sqrt(float(cache.head_dim));  // the encoder's expression: the same f32 value
+  auto go = [&](auto kernel) {
+    cudaLaunchKernelEx(&cfg, kernel, qkv, rows, n_heads, inv_freq, n_pairs, pos, slot, cache, layer, thr, scale,
+                       q_out, pdl);
+  };
+  if (cache.head_dim == 64) go(rope_encode_kernel<64>);
+  else if (cache.head_dim == 128) go(rope_encode_kernel<128>);
+  else go(rope_encode_kernel<256>);
 }
 
 void append_codes(const uint8_t* codes, int64_t rows, const int32_t* pos, const int32_t* slot,

@@ -21,7 +21,9 @@ struct CacheLayout {
 };
 
 // x[r] = f16 embedding row of tokens[r] (f32 out). Token ids are checked on the host before they get here.
-void embed_rows(const __half* table, const int32_t* tokens, int64_t rows, int64_t dim, float* x, cudaStream_t s);
+// With `ss` (the fused decode path): also ss[r] = sum of x[r]^2 in double, the first RMSNorm's input.
+void embed_rows(const __half* table, const int32_t* tokens, int64_t rows, int64_t dim, float* x, cudaStream_t s,
+                double* ss = nullptr);
 
 // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (the CPU's order: sum of squares in double).
 void rms_norm_rows(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out,
@@ -34,11 +36,19 @@ void rope_and_append(const float* qkv, int64_t rows, int64_t n_heads, const floa
                      const int32_t* pos, const int32_t* slot, const CacheLayout& cache, int64_t layer, float* q_out,
                      __half* k_new, cudaStream_t s);
 
+// rope_and_append and, when the cache has codes, the key codes (adamas::encode_vector of the f16 key as stored,
+// thresholds[0]) written into the cache, in one kernel: one warp per (row, head), the Hadamard + bucketize of the
+// CUDA encoder (attention/cuda/common.cuh), so the codes are bit-identical to cuda::encode_vectors'. `pdl`: launched
+// with programmatic serialization after a kernel that may still run.
+void rope_append_encode(const float* qkv, int64_t rows, int64_t n_heads, const float* inv_freq, int64_t n_pairs,
+                        const int32_t* pos, const int32_t* slot, const CacheLayout& cache, int64_t layer,
+                        const void* thresholds, float* q_out, bool pdl, cudaStream_t s);
+
 // Copies the codes of k_new ([rows][kv_heads] codes of hd/4 bytes) into the cache at (slot[r], pos[r]).
 void append_codes(const uint8_t* codes, int64_t rows, const int32_t* pos, const int32_t* slot,
                   const CacheLayout& cache, int64_t layer, cudaStream_t s);
 
-// act[r][i] = silu(gu[r][i]) * gu[r][ffn + i].
+// act[r][i] = silu(gu[r][2i]) * gu[r][2i + 1] (gate and up rows interleaved, as GpuModel stores them).
 void swiglu_rows(const float* gu, int64_t rows, int64_t ffn, float* act, cudaStream_t s);
 
 // out[r] = argmax of logits[r] (first index of the maximum, as std::max_element).
@@ -61,6 +71,23 @@ void scatter_group_part(const float* part, int64_t rows, int64_t kv_heads, int64
 // for t < n <= 4: one warp per pair of rows, x staged in shared memory. The decode path at small batch.
 void skinny_matmul(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
                    cudaStream_t s);
+// Fusions of the skinny GEMV (n <= 4 token rows), each optional. With norm_ss the input is RMSNorm(x): x[t][c] *
+// s_t * norm_w[c], s_t = 1 / sqrt(norm_ss[t] / cols + eps), rms_norm_rows' arithmetic. With out_ss each stored
+// y[t][r] (after beta) adds y^2 (double) into out_ss[t] (atomics: the next RMSNorm's sum, zeroed before the step).
+// With swiglu the rows are (gate i, up i) pairs and y[t][i] = silu(gate) * up, rows / 2 columns (beta ignored).
+// With pdl the kernel is launched with programmatic stream serialization: it loads its first weights, then waits
+// for the previous kernel (and triggers its own dependents at once).
+struct GemvFusion {
+  const double* norm_ss = nullptr;
+  const float* norm_w = nullptr;
+  float eps = 0.0f;
+  double* out_ss = nullptr;
+  bool swiglu = false;
+  bool pdl = false;
+};
+void skinny_matmul_fused(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
+                         float beta, const GemvFusion& f, cudaStream_t s);
+
 // dst = f16(src), n elements (activations for the cuBLAS path).
 void to_half(const float* src, int64_t n, __half* dst, cudaStream_t s);
 

@@ -1,6 +1,7 @@
 #include "engine/cuda/gpu_session.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/check.h"
@@ -37,14 +38,18 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   cache_.layer_bytes = 2 * kv_bytes + (cache_.has_codes ? kvh * cap * hd / 4 : 0);
   cache_.layer_bytes = (cache_.layer_bytes + 255) / 256 * 256;
   cache_.slot_bytes = c.n_layers * cache_.layer_bytes;
-  int64_t free_b = 0, total_b = 0;
-  device_memory(&free_b, &total_b);
-  const int64_t need = o.max_batch * cache_.slot_bytes;
-  ADAMAS_CHECK(need < free_b, ErrorKind::unsupported,
-               "GPU out of memory: the KV cache of {} sequence(s) x {} tokens needs {:.2f} GiB, {:.2f} GiB free "
-               "(lower the context or the batch)", o.max_batch, cap, double(need) / (1 << 30),
-               double(free_b) / (1 << 30));
-  cache_.base = static_cast<uint8_t*>(cache_mem_.alloc(need, "the KV cache"));
+  if (o.paged) {
+    paged_ = std::make_unique<PagedCache>(cache_, c.n_layers, o.max_batch, o.cache_budget_bytes);  // pages come with the tokens
+  } else {
+    int64_t free_b = 0, total_b = 0;
+    device_memory(&free_b, &total_b);
+    const int64_t need = o.max_batch * cache_.slot_bytes;
+    ADAMAS_CHECK(need < free_b, ErrorKind::unsupported,
+                 "GPU out of memory: the KV cache of {} sequence(s) x {} tokens needs {:.2f} GiB, {:.2f} GiB free "
+                 "(lower the context or the batch)", o.max_batch, cap, double(need) / (1 << 30),
+                 double(free_b) / (1 << 30));
+    cache_.base = static_cast<uint8_t*>(cache_mem_.alloc(need, "the KV cache"));
+  }
   len_.assign(size_t(o.max_batch), -1);
 
   const int64_t R = std::max(o.max_batch, o.prefill_chunk), qd = c.q_dim(), kvd = c.kv_dim();
@@ -65,6 +70,7 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   d_pos_ = buf_.alloc_n<int32_t>(R, "positions");
   d_slot_ = buf_.alloc_n<int32_t>(R, "slots");
   d_thr_ = buf_.alloc_n<Thresholds>(1, "thresholds");
+  ss_ = buf_.alloc_n<double>((2 * c.n_layers + 1) * R, "norm sums");
   check(cudaMemcpy(d_thr_, &o.attention.thresholds, sizeof(Thresholds), cudaMemcpyHostToDevice), "thresholds");
   constexpr int64_t kBlasWorkspace = int64_t(32) << 20;  // set explicitly so cuBLAS never allocates in a capture
   blas_ws_ = buf_.alloc(kBlasWorkspace, "cuBLAS workspace");
@@ -101,7 +107,20 @@ int GpuEngine::add_sequence() {
 
 void GpuEngine::finish(int seq) {
   (void)length(seq);
+  if (paged_) {
+    check(cudaStreamSynchronize(stream_), "finish");  // its pages may still be read by an enqueued step
+    paged_->release(seq);
+  }
   len_[size_t(seq)] = -1;
+}
+
+int64_t GpuEngine::cache_bytes() const { return paged_ ? paged_->mapped_bytes() : cache_mem_.bytes(); }
+int64_t GpuEngine::cache_pages_created() const { return paged_ ? paged_->physical_pages() : 0; }
+
+void GpuEngine::reserve_tokens(int seq, int64_t tokens) {
+  // Kernels may read a tile past the last token (masked): map a margin beyond it too.
+  constexpr int64_t kMargin = 128;
+  if (paged_) paged_->ensure(seq, tokens + kMargin);
 }
 
 int64_t GpuEngine::length(int seq) const {
@@ -111,8 +130,13 @@ int64_t GpuEngine::length(int seq) const {
 }
 
 void GpuEngine::linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
-                       float beta) {
-  if (n <= kSkinnyMax) return skinny_matmul(w, rows, cols, x, n, y, beta, stream_);
+                       float beta, const GemvFusion& f) {
+  const bool fused = f.norm_ss || f.out_ss || f.swiglu || f.pdl;
+  if (n <= kSkinnyMax) {
+    if (fused) return skinny_matmul_fused(w, rows, cols, x, n, y, beta, f, stream_);
+    return skinny_matmul(w, rows, cols, x, n, y, beta, stream_);
+  }
+  ADAMAS_CHECK(!fused, ErrorKind::invalid_argument, "GPU engine: GEMV fusions need <= {} rows", kSkinnyMax);
   to_half(x, n * cols, xh_, stream_);
   const float alpha = 1.0f;
   // Column-major view: y^T [rows][n] = W (stored [rows][cols] row-major = [cols][rows] column-major)^T x^T.
@@ -159,31 +183,56 @@ void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
 
 void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
   const ModelConfig& c = model_.config();
-  const int64_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim;
-  embed_rows(model_.embedding(), d_tok_, n, dim, x_, stream_);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  const int64_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim, L = c.n_layers;
+  const bool skinny = n <= kSkinnyMax;
+  const bool fnorm = skinny && (opt_.fuse & kFuseNorm), fswiglu = skinny && (opt_.fuse & kFuseSwiglu);
+  const bool frope = opt_.fuse & kFuseRope, pdl = skinny && (opt_.fuse & kFusePdl);
+  // Fused norms: the GEMV reads the residual x_ with the sum of squares in ss_ (2l: attention, 2l + 1: FFN, 2L: out).
+  auto norm_in = [&](const float* norm_w, int64_t k, int64_t first, int64_t rows, GemvFusion& f) -> const float* {
+    if (!fnorm) {
+      rms_norm_rows(x_ + first * dim, norm_w, rows, dim, c.norm_eps, hn_, stream_);
+      return hn_;
+    }
+    f.norm_ss = ss_ + k * n + first, f.norm_w = norm_w, f.eps = c.norm_eps;
+    return x_ + first * dim;
+  };
+  auto sums = [&](int64_t k) { return fnorm ? ss_ + k * n : nullptr; };
+  if (fnorm) check(cudaMemsetAsync(ss_, 0, size_t((2 * L + 1) * n) * 8, stream_), "norm sums");
+  embed_rows(model_.embedding(), d_tok_, n, dim, x_, stream_, sums(0));
+  for (int64_t l = 0; l < L; ++l) {
     const GpuLayer& w = model_.layer(l);
-    rms_norm_rows(x_, w.attn_norm, n, dim, c.norm_eps, hn_, stream_);
-    linear(w.wqkv, qd + 2 * kvd, dim, hn_, n, qkv_, 0.0f);
-    rope_and_append(qkv_, n, c.n_heads, model_.rope_inv_freq(), model_.rope_pairs(), d_pos_, d_slot_, cache_, l, q_,
-                    knew_, stream_);
-    if (cache_.has_codes) {
-      cuda::encode_vectors(knew_, DType::f16, n * c.n_kv_heads, c.head_dim, c.head_dim, d_thr_, 1, codes_new_,
-                           stream_);
-      append_codes(codes_new_, n, d_pos_, d_slot_, cache_, l, stream_);
+    GemvFusion fq{.pdl = pdl};
+    linear(w.wqkv, qd + 2 * kvd, dim, norm_in(w.attn_norm, 2 * l, 0, n, fq), n, qkv_, 0.0f, fq);
+    if (frope) {
+      rope_append_encode(qkv_, n, c.n_heads, model_.rope_inv_freq(), model_.rope_pairs(), d_pos_, d_slot_, cache_, l,
+                         d_thr_, q_, pdl, stream_);
+    } else {
+      rope_and_append(qkv_, n, c.n_heads, model_.rope_inv_freq(), model_.rope_pairs(), d_pos_, d_slot_, cache_, l,
+                      q_, knew_, stream_);
+      if (cache_.has_codes) {
+        cuda::encode_vectors(knew_, DType::f16, n * c.n_kv_heads, c.head_dim, c.head_dim, d_thr_, 1, codes_new_,
+                             stream_);
+        append_codes(codes_new_, n, d_pos_, d_slot_, cache_, l, stream_);
+      }
     }
     if (decode) decode_attention_layer(l, n);
     else prefill_attention(q_, n, p0, c.n_heads, cache_, l, seq, att_, stream_);
-    linear(w.wo, dim, qd, att_, n, x_, 1.0f);
-    rms_norm_rows(x_, w.ffn_norm, n, dim, c.norm_eps, hn_, stream_);
-    linear(w.wgu, 2 * ffn, dim, hn_, n, gu_, 0.0f);
-    swiglu_rows(gu_, n, ffn, act_, stream_);
-    linear(w.wdown, dim, ffn, act_, n, x_, 1.0f);
+    linear(w.wo, dim, qd, att_, n, x_, 1.0f, GemvFusion{.out_ss = sums(2 * l + 1), .pdl = pdl});
+    GemvFusion fg{.swiglu = fswiglu, .pdl = pdl};
+    const float* h = norm_in(w.ffn_norm, 2 * l + 1, 0, n, fg);
+    if (fswiglu) {
+      linear(w.wgu, 2 * ffn, dim, h, n, act_, 0.0f, fg);
+    } else {
+      linear(w.wgu, 2 * ffn, dim, h, n, gu_, 0.0f, fg);
+      swiglu_rows(gu_, n, ffn, act_, stream_);
+    }
+    linear(w.wdown, dim, ffn, act_, n, x_, 1.0f, GemvFusion{.out_ss = sums(2 * l + 2), .pdl = pdl});
   }
   // Logits of every row of a step, of the last row of a prefill chunk; greedy tokens into d_tok_ (the next input).
   const int64_t first = decode ? 0 : n - 1, rows = n - first;
-  rms_norm_rows(x_ + first * dim, model_.output_norm(), rows, dim, c.norm_eps, hn_, stream_);
-  linear(model_.output(), c.vocab, dim, hn_, rows, logits_, 0.0f);
+  GemvFusion fl{.pdl = pdl};
+  linear(model_.output(), c.vocab, dim, norm_in(model_.output_norm(), 2 * L, first, rows, fl), rows, logits_, 0.0f,
+         fl);
   argmax_rows(logits_, rows, c.vocab, d_tok_, stream_);
   last_rows_ = rows;
 }
@@ -196,6 +245,7 @@ int32_t GpuEngine::prefill(int seq, std::span<const int32_t> tokens) {
                "{} tokens do not fit the context: {} cached + {} > {} (raise -c)", n, p0, n, opt_.context);
   for (int32_t t : tokens)
     ADAMAS_CHECK(0 <= t && t < c.vocab, ErrorKind::invalid_argument, "token id {} not in [0, {})", t, c.vocab);
+  reserve_tokens(seq, p0 + n);
   std::vector<int32_t> pos(size_t(opt_.prefill_chunk)), slot(size_t(opt_.prefill_chunk), seq);
   for (int64_t done = 0; done < n;) {
     const int64_t m = std::min(opt_.prefill_chunk, n - done);
@@ -227,6 +277,7 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
     ++eager_steps_;
     return;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   cudaGraph_t graph = nullptr;
   check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal), "graph capture");
   try {
@@ -243,7 +294,9 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
   check(cudaStreamEndCapture(stream_, &graph), "graph capture");
   const int k = int(graph_steps_ % 2);
   if (exec_[k]) {
+    const auto w0 = std::chrono::steady_clock::now();
     check(cudaEventSynchronize(done_[k]), "graph reuse");  // its previous launch has finished
+    host_us_ -= std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - w0).count();
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(exec_[k], graph, &info) != cudaSuccess) {
       (void)cudaGetLastError();
@@ -256,6 +309,7 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
   check(cudaGraphLaunch(exec_[k], stream_), "graph launch");
   check(cudaEventRecord(done_[k], stream_), "graph event");
   ++graph_steps_;
+  host_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
 }
 
 std::vector<std::vector<int32_t>> GpuEngine::generate(std::span<const int> seqs, std::span<const int32_t> tokens,
@@ -277,6 +331,7 @@ std::vector<std::vector<int32_t>> GpuEngine::generate(std::span<const int> seqs,
                  "token id {} not in [0, {})", tokens[size_t(b)], c.vocab);
   }
   check(cudaStreamSynchronize(stream_), "decode");  // the pinned rings below may still be read by earlier steps
+  for (int s : seqs) reserve_tokens(s, length(s) + steps);
   if (steps * batch > h_cap_) {
     if (h_pos_) cudaFreeHost(h_pos_), cudaFreeHost(h_out_);
     h_cap_ = steps * batch;
@@ -314,15 +369,19 @@ void GpuEngine::fill_random(int seq, int64_t tokens, uint64_t seed, float key_sc
   ADAMAS_CHECK(tokens > 0 && tokens <= opt_.context && length(seq) == 0, ErrorKind::invalid_argument,
                "fill_random: {} tokens into sequence {} (expected an empty sequence and 1 to {} tokens)", tokens, seq,
                opt_.context);
+  reserve_tokens(seq, tokens);
   const ModelConfig& c = model_.config();
   const int64_t hd = c.head_dim, kvh = c.n_kv_heads, cap = opt_.context;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     uint8_t* base = cache_.base + seq * cache_.slot_bytes + l * cache_.layer_bytes;
     auto* k = reinterpret_cast<__half*>(base + cache_.k_off);
     auto* v = reinterpret_cast<__half*>(base + cache_.v_off);
-    // Whole [kv_heads][capacity] planes: the unused tail is overwritten by decode steps.
-    fill_random_half(k, kvh * cap * hd, seed + 2 * uint64_t(l), key_scale * 1.7320508f, stream_);
-    fill_random_half(v, kvh * cap * hd, seed + 2 * uint64_t(l) + 1, 1.0f, stream_);
+    // The first `tokens` rows of each head (a paged cache maps no more).
+    for (int64_t h = 0; h < kvh; ++h) {
+      const uint64_t s = seed + 2 * uint64_t(l * kvh + h);
+      fill_random_half(k + h * cap * hd, tokens * hd, s, key_scale * 1.7320508f, stream_);
+      fill_random_half(v + h * cap * hd, tokens * hd, s + 1, 1.0f, stream_);
+    }
     if (cache_.has_codes) {
       const HeadsView kv{k, DType::f16, kvh, tokens, hd, cap * hd, hd};
       const MutCodesView codes{base + cache_.codes_off, kvh, tokens, hd, cap * hd / 4, hd / 4};

@@ -9,8 +9,8 @@
 // place, while the GPU runs the previous step). Greedy tokens stay on the device between steps.
 //
 // Matrix products: f16 weights; up to 4 token rows a skinny f32-activation kernel (gpu_linear.cu), more rows
-// cuBLAS (f16 activations, f32 accumulation). Cache: f16 K/V [kv_heads][context][head_dim] per layer and slot.
-// Not here yet: paged caches (the CUDA attention API takes one contiguous cache per sequence), calibrated
+// cuBLAS (f16 activations, f32 accumulation). Cache: f16 K/V [kv_heads][context][head_dim] per layer and slot, each
+// slot virtually contiguous with physical pages mapped on demand (paged_cache.h). Not here yet: calibrated
 // thresholds, sampling other than greedy, Quest and StreamingLLM (errors name them).
 #pragma once
 
@@ -26,10 +26,17 @@
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/gpu_model.h"
 #include "engine/cuda/gpu_ops.h"
+#include "engine/cuda/paged_cache.h"
 
 namespace adamas::gpu {
 
 using cuda::SequenceCache;
+
+// Fusions of the decode path at <= 4 token rows (bits of GpuEngineOptions::fuse; benchmarks switch them off one at a
+// time to measure each): RMSNorm folded into the next GEMV (its sum of squares accumulated by the GEMV that wrote
+// the residual), SwiGLU in the gate/up GEMV's epilogue, RoPE + cache append + key codes in one kernel (any row
+// count), and programmatic dependent launch of the GEMVs (weights loaded while the previous kernel ends).
+enum : unsigned { kFuseNorm = 1, kFuseSwiglu = 2, kFuseRope = 4, kFusePdl = 8, kFuseAll = 15 };
 
 struct GpuEngineOptions {
   int64_t context = 4096;   // tokens per sequence slot
@@ -38,6 +45,11 @@ struct GpuEngineOptions {
   int64_t dense_layers = 2;   // the first layers decode with full attention (as the CPU engine)
   int64_t prefill_chunk = 256;
   bool cuda_graph = true;
+  // Paged cache (paged_cache.h): each slot a reserved virtual range, physical pages mapped as sequences grow and
+  // reused after they finish. false: one cudaMalloc of max_batch x context up front.
+  bool paged = true;
+  int64_t cache_budget_bytes = 0;  // paged: cap on the cache's physical memory (0: whatever the GPU has)
+  unsigned fuse = kFuseAll;
 };
 
 class GpuEngine {
@@ -68,22 +80,30 @@ class GpuEngine {
 
   // Benchmarks: sequence `seq` gets `tokens` random K/V (and their codes), as if prefilled.
   void fill_random(int seq, int64_t tokens, uint64_t seed, float key_scale = 8.0f);
-  int64_t cache_bytes() const { return cache_mem_.bytes(); }
+  // Device bytes the cache holds now (paged: the mapped pages), and physical pages created so far (paged: mapped +
+  // free for reuse; 0 unpaged).
+  int64_t cache_bytes() const;
+  int64_t cache_pages_created() const;
   int64_t graph_steps() const { return graph_steps_; }
   int64_t eager_steps() const { return eager_steps_; }
+  // Host time spent enqueuing (capturing, updating and launching) graph steps, per step, in microseconds.
+  double host_us_per_step() const { return graph_steps_ ? host_us_ / double(graph_steps_) : 0.0; }
 
  private:
-  void linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta);
+  void linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
+              const GemvFusion& f = {});
   void forward(int64_t n, bool decode, int seq, int64_t p0);  // rows' tokens/pos/slot already in d_tok_/d_pos_/d_slot_
   void decode_attention_layer(int64_t layer, int64_t n);
   void enqueue_step(int64_t step, int64_t batch);
   void run_step(int64_t step, int64_t batch);  // graph or eager
+  void reserve_tokens(int seq, int64_t tokens);  // paged: maps the pages of tokens [0, tokens) and a margin
   std::vector<SequenceCache> views(int64_t layer, const int32_t* pos, const int32_t* slot, int64_t n) const;
 
   const GpuModel& model_;
   GpuEngineOptions opt_;
   CacheLayout cache_{};
   DeviceArena cache_mem_, buf_;
+  std::unique_ptr<PagedCache> paged_;
   std::vector<int64_t> len_;  // tokens per slot, -1 when free
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
@@ -95,6 +115,7 @@ class GpuEngine {
   uint8_t* codes_new_ = nullptr;
   int32_t *d_tok_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr;
   Thresholds* d_thr_ = nullptr;
+  double* ss_ = nullptr;  // fused RMSNorm sums: [2 n_layers + 1][rows], zeroed at the start of each forward
   void* blas_ws_ = nullptr;
   // host: the current step's rows (pinned rings written before the step is enqueued)
   int32_t *h_pos_ = nullptr, *h_out_ = nullptr;
@@ -106,6 +127,7 @@ class GpuEngine {
   cudaGraphExec_t exec_[2] = {nullptr, nullptr};
   cudaEvent_t done_[2] = {nullptr, nullptr};
   int64_t graph_steps_ = 0, eager_steps_ = 0;
+  double host_us_ = 0;
 };
 
 }  // namespace adamas::gpu
