@@ -49,14 +49,15 @@ struct Row {
   std::string fusion = "all";  // the engine's fusions (A/B rows: another setting)
 };
 
-// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope": extra fusion settings measured next to the default (all) at
+// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope,-ropegemv": extra fusion settings measured next to the default (all) at
 // ADAMAS_ENGINE_AB_CTX (default 32768) and batch 1, in the same run: each change's effect on the step time.
 std::vector<std::pair<std::string, unsigned>> ab_settings() {
   std::vector<std::pair<std::string, unsigned>> out;
   const char* e = std::getenv("ADAMAS_ENGINE_AB");
   if (!e) return out;
   const std::map<std::string, unsigned> bit{{"norm", gpu::kFuseNorm}, {"swiglu", gpu::kFuseSwiglu},
-                                            {"rope", gpu::kFuseRope}, {"pdl", gpu::kFusePdl}};
+                                            {"rope", gpu::kFuseRope}, {"pdl", gpu::kFusePdl},
+                                            {"ropegemv", gpu::kFuseRopeGemv}};
   std::string list = e;
   for (size_t p = 0; p <= list.size();) {
     const size_t q = std::min(list.find(',', p), list.size());
@@ -66,7 +67,7 @@ std::vector<std::pair<std::string, unsigned>> ab_settings() {
     if (name == "none") out.emplace_back(name, 0u);
     else if (name.size() > 1 && name[0] == '-' && bit.count(name.substr(1)))
       out.emplace_back(name, gpu::kFuseAll & ~bit.at(name.substr(1)));
-    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none or -norm/-swiglu/-rope/-pdl)", name);
+    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none or -norm/-swiglu/-rope/-pdl/-ropegemv)", name);
   }
   return out;
 }

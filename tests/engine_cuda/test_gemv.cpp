@@ -195,3 +195,97 @@ TEST(Gemv, FusionsMatchUnfused) {
 
 }  // namespace
 }  // namespace adamas
+
+namespace adamas {
+namespace {
+
+// The qkv GEMV's RoPE epilogue (GemvRope) against the plain GEMV followed by the separate RoPE + append + encode
+// kernel: q, the cache's K/V rows and the key codes bit for bit, for 1..4 tokens at different positions and slots,
+// head_dim 64/128/256, GQA, over a poisoned cache; the pair counters are back at zero afterwards.
+TEST(Gemv, RopeEpilogueMatchesRopeKernel) {
+  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int64_t hd : {64, 128, 256})
+    for (int n = 1; n <= 4; ++n) {
+      const int64_t heads = 4, kvh = 2, cols = 264, cap = 16, slots = 3, layers = 2, layer = 1;
+      const int64_t qd = heads * hd, kvd = kvh * hd, rows = qd + 2 * kvd;
+      gpu::CacheLayout c;
+      c.capacity = cap, c.kv_heads = kvh, c.head_dim = hd, c.has_codes = true;
+      c.k_off = 0, c.v_off = kvh * cap * hd * 2, c.codes_off = 2 * c.v_off;
+      c.layer_bytes = (c.codes_off + kvh * cap * hd / 4 + 255) / 256 * 256;
+      c.slot_bytes = layers * c.layer_bytes;
+      const int64_t cache_bytes = slots * c.slot_bytes;
+      std::vector<__half> w(rows * cols);
+      std::vector<float> x(n * cols), inv(hd / 2 - 4);  // the last 4 pairs are not rotated (n_rot < head_dim)
+      for (auto& v : w) v = __float2half(u(rng) * 0.2f);
+      for (float& v : x) v = u(rng);
+      for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(10000.0f, -2.0f * float(i) / float(hd));
+      const std::vector<int32_t> pos{5, 0, 15, 9}, slot{2, 0, 1, 2};  // token 3 shares token 0's slot
+      const float thr[3] = {-0.3f, 0.0f, 0.3f};
+      __half* dw;
+      float *dx, *dinv, *dqkv, *dqa, *dqb, *dthr;
+      int32_t *dpos, *dslot;
+      int* dcnt;
+      uint8_t *ca, *cb;
+      CK(cudaMalloc(&dw, w.size() * 2));
+      CK(cudaMalloc(&dx, x.size() * 4));
+      CK(cudaMalloc(&dinv, inv.size() * 4));
+      CK(cudaMalloc(&dqkv, n * rows * 4));
+      CK(cudaMalloc(&dqa, n * qd * 4));
+      CK(cudaMalloc(&dqb, n * qd * 4));
+      CK(cudaMalloc(&dthr, 12));
+      CK(cudaMalloc(&dpos, 16));
+      CK(cudaMalloc(&dslot, 16));
+      CK(cudaMalloc(&dcnt, 4 * kvh * 4));
+      CK(cudaMalloc(&ca, cache_bytes));
+      CK(cudaMalloc(&cb, cache_bytes));
+      CK(cudaMemcpy(dw, w.data(), w.size() * 2, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dinv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dthr, thr, 12, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dpos, pos.data(), 16, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dslot, slot.data(), 16, cudaMemcpyHostToDevice));
+      CK(cudaMemset(dcnt, 0, 4 * kvh * 4));
+      CK(cudaMemset(ca, 0xa5, cache_bytes));  // the same poison in both: untouched bytes compare equal
+      CK(cudaMemset(cb, 0xa5, cache_bytes));
+      CK(cudaMemset(dqa, 0xff, n * qd * 4));
+      CK(cudaMemset(dqb, 0xff, n * qd * 4));
+      const int64_t n_pairs = int64_t(inv.size());
+      const int64_t m = n;  // tokens 0 and 3 share a slot at different positions
+      c.base = ca;
+      gpu::skinny_matmul(dw, rows, cols, dx, m, dqkv, 0.0f, nullptr);
+      gpu::rope_append_encode(dqkv, m, heads, dinv, n_pairs, dpos, dslot, c, layer, dthr, dqa, false, nullptr);
+      c.base = cb;
+      gpu::GemvFusion f;
+      f.rope = gpu::GemvRope{.q_out = dqb, .inv_freq = dinv, .n_pairs = n_pairs, .n_heads = heads, .layer = layer,
+                             .pos = dpos, .slot = dslot, .cache = c, .thresholds = dthr,
+                             .scale = 1.0f / std::sqrt(float(hd)), .counters = dcnt};
+      f.pdl = n % 2 == 0;
+      gpu::skinny_matmul_fused(dw, rows, cols, dx, m, nullptr, 0.0f, f, nullptr);
+      CK(cudaDeviceSynchronize());
+      std::vector<uint8_t> a(cache_bytes), b(cache_bytes);
+      CK(cudaMemcpy(a.data(), ca, cache_bytes, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(b.data(), cb, cache_bytes, cudaMemcpyDeviceToHost));
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), cache_bytes)) << "cache differs: hd " << hd << " n " << m;
+      // Every token's K rows were written (not poison) and codes too.
+      for (int64_t t = 0; t < m; ++t) {
+        const uint8_t* k = a.data() + slot[t] * c.slot_bytes + layer * c.layer_bytes + pos[t] * hd * 2;
+        ASSERT_FALSE(k[0] == 0xa5 && k[1] == 0xa5 && k[2] == 0xa5 && k[3] == 0xa5) << "K row not written";
+      }
+      std::vector<float> qa(m * qd), qb(m * qd);
+      CK(cudaMemcpy(qa.data(), dqa, qa.size() * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(qb.data(), dqb, qb.size() * 4, cudaMemcpyDeviceToHost));
+      ASSERT_EQ(0, std::memcmp(qa.data(), qb.data(), qa.size() * 4)) << "q differs: hd " << hd << " n " << m;
+      for (float v : qb) ASSERT_TRUE(std::isfinite(v));
+      std::vector<int> cnt(4 * kvh);
+      CK(cudaMemcpy(cnt.data(), dcnt, cnt.size() * 4, cudaMemcpyDeviceToHost));
+      for (int v : cnt) ASSERT_EQ(v, 0) << "pair counters not reset";
+      for (void* p : {(void*)dw, (void*)dx, (void*)dinv, (void*)dqkv, (void*)dqa, (void*)dqb, (void*)dthr,
+                      (void*)dpos, (void*)dslot, (void*)dcnt, (void*)ca, (void*)cb})
+        CK(cudaFree(p));
+    }
+}
+
+}  // namespace
+}  // namespace adamas

@@ -6,7 +6,7 @@
 #include <cfloat>
 #include <cmath>
 
-#include "attention/cuda/common.cuh"  // the CUDA encoder's warp Hadamard + bucketize (bit-identical codes)
+#include "engine/cuda/cache_append.cuh"
 
 namespace adamas::gpu {
 namespace {
@@ -60,20 +60,6 @@ __global__ void rms_norm_kernel(const float* x, const float* w, int64_t dim, flo
   ss = block_sum(ss, part);
   const float s = float(1.0 / sqrt(ss / double(dim) + double(eps)));
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[blockIdx.x * dim + i] = xr[i] * s * w[i];
-}
-
-__device__ __half* k_row(const CacheLayout& c, int64_t slot, int64_t layer, int64_t head, int64_t pos) {
-  uint8_t* p = c.base + slot * c.slot_bytes + layer * c.layer_bytes + c.k_off;
-  return reinterpret_cast<__half*>(p) + (head * c.capacity + pos) * c.head_dim;
-}
-
-// Rotates the pair (a, b) by the angle pos * inv_freq, sin/cos in double as on the CPU.
-__device__ __forceinline__ void rope_pair(float& a, float& b, int64_t pos, float inv_freq) {
-  const double ang = double(pos) * double(inv_freq);
-  const float cs = float(cos(ang)), sn = float(sin(ang));
-  const float a0 = a, b0 = b;
-  a = a0 * cs - b0 * sn;
-  b = a0 * sn + b0 * cs;
 }
 
 // One block per row; threads over (head, pair) of q and k, then v.
@@ -154,10 +140,7 @@ __global__ void __launch_bounds__(256) rope_encode_kernel(const float* qkv, int6
     x[j] = __half2float(hk);
     dst[v_delta + j] = __float2half_rn(vsrc[j]);
   }
-  if (!c.has_codes) return;
-  cuda::detail::warp_hadamard<D>(x, scale);
-  uint8_t* codes = c.base + s * c.slot_bytes + layer * c.layer_bytes + c.codes_off + (kh * c.capacity + p) * (D / 4);
-  cuda::detail::warp_encode_store<D>(x, thr[0], codes);
+  if (c.has_codes) warp_encode_key<D>(x, thr[0], scale, code_row(c, s, layer, kh, p));
 }
 
 __global__ void append_codes_kernel(const uint8_t* codes, const int32_t* pos, const int32_t* slot, CacheLayout c,

@@ -77,6 +77,23 @@ void skinny_matmul(const __half* w, int64_t rows, int64_t cols, const float* x, 
 // With swiglu the rows are (gate i, up i) pairs and y[t][i] = silu(gate) * up, rows / 2 columns (beta ignored).
 // With pdl the kernel is launched with programmatic stream serialization: it loads its first weights, then waits
 // for the previous kernel (and triggers its own dependents at once).
+// With rope.q_out (the qkv GEMV, two rows per warp = one rope pair): rows are [q | k | v] of n_heads / kv_heads
+// heads; RoPE on q and k (rope_and_append's arithmetic), q to q_out [rows][n_heads][hd] f32, k and v in f16 into the
+// cache at (slot[t], pos[t]) of `layer`, y not written; with codes, the warp that writes a head's last pair (counted
+// in counters [rows][kv_heads], zero between calls and reset by that warp) encodes the head's key from the cache
+// (cuda::encode_vectors' arithmetic, thresholds[0], scale = 1 / sqrt(head_dim) as the host computes it).
+struct GemvRope {
+  float* q_out = nullptr;
+  const float* inv_freq = nullptr;
+  int64_t n_pairs = 0, n_heads = 0, layer = 0;
+  const int32_t* pos = nullptr;
+  const int32_t* slot = nullptr;
+  CacheLayout cache{};
+  const void* thresholds = nullptr;
+  float scale = 0.0f;
+  int* counters = nullptr;
+};
+
 struct GemvFusion {
   const double* norm_ss = nullptr;
   const float* norm_w = nullptr;
@@ -84,6 +101,7 @@ struct GemvFusion {
   double* out_ss = nullptr;
   bool swiglu = false;
   bool pdl = false;
+  GemvRope rope{};
 };
 void skinny_matmul_fused(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
                          float beta, const GemvFusion& f, cudaStream_t s);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "core/check.h"
@@ -71,6 +72,8 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   d_slot_ = buf_.alloc_n<int32_t>(R, "slots");
   d_thr_ = buf_.alloc_n<Thresholds>(1, "thresholds");
   ss_ = buf_.alloc_n<double>((2 * c.n_layers + 1) * R, "norm sums");
+  rope_counters_ = buf_.alloc_n<int>(kSkinnyMax * c.n_kv_heads, "rope counters");
+  check(cudaMemset(rope_counters_, 0, size_t(kSkinnyMax * c.n_kv_heads) * sizeof(int)), "rope counters");
   check(cudaMemcpy(d_thr_, &o.attention.thresholds, sizeof(Thresholds), cudaMemcpyHostToDevice), "thresholds");
   constexpr int64_t kBlasWorkspace = int64_t(32) << 20;  // set explicitly so cuBLAS never allocates in a capture
   blas_ws_ = buf_.alloc(kBlasWorkspace, "cuBLAS workspace");
@@ -131,7 +134,7 @@ int64_t GpuEngine::length(int seq) const {
 
 void GpuEngine::linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
                        float beta, const GemvFusion& f) {
-  const bool fused = f.norm_ss || f.out_ss || f.swiglu || f.pdl;
+  const bool fused = f.norm_ss || f.out_ss || f.swiglu || f.pdl || f.rope.q_out;
   if (n <= kSkinnyMax) {
     if (fused) return skinny_matmul_fused(w, rows, cols, x, n, y, beta, f, stream_);
     return skinny_matmul(w, rows, cols, x, n, y, beta, stream_);
@@ -187,6 +190,7 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
   const bool skinny = n <= kSkinnyMax;
   const bool fnorm = skinny && (opt_.fuse & kFuseNorm), fswiglu = skinny && (opt_.fuse & kFuseSwiglu);
   const bool frope = opt_.fuse & kFuseRope, pdl = skinny && (opt_.fuse & kFusePdl);
+  const bool frope_gemv = frope && skinny && (opt_.fuse & kFuseRopeGemv);
   // Fused norms: the GEMV reads the residual x_ with the sum of squares in ss_ (2l: attention, 2l + 1: FFN, 2L: out).
   auto norm_in = [&](const float* norm_w, int64_t k, int64_t first, int64_t rows, GemvFusion& f) -> const float* {
     if (!fnorm) {
@@ -202,8 +206,15 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
   for (int64_t l = 0; l < L; ++l) {
     const GpuLayer& w = model_.layer(l);
     GemvFusion fq{.pdl = pdl};
+    if (frope_gemv)
+      fq.rope = GemvRope{.q_out = q_, .inv_freq = model_.rope_inv_freq(), .n_pairs = model_.rope_pairs(),
+                         .n_heads = c.n_heads, .layer = l, .pos = d_pos_, .slot = d_slot_, .cache = cache_,
+                         .thresholds = d_thr_, .scale = 1.0f / std::sqrt(float(c.head_dim)),
+                         .counters = rope_counters_};
     linear(w.wqkv, qd + 2 * kvd, dim, norm_in(w.attn_norm, 2 * l, 0, n, fq), n, qkv_, 0.0f, fq);
-    if (frope) {
+    if (frope_gemv) {
+      // done by the qkv GEMV
+    } else if (frope) {
       rope_append_encode(qkv_, n, c.n_heads, model_.rope_inv_freq(), model_.rope_pairs(), d_pos_, d_slot_, cache_, l,
                          d_thr_, q_, pdl, stream_);
     } else {

@@ -35,8 +35,9 @@ using cuda::SequenceCache;
 // Fusions of the decode path at <= 4 token rows (bits of GpuEngineOptions::fuse; benchmarks switch them off one at a
 // time to measure each): RMSNorm folded into the next GEMV (its sum of squares accumulated by the GEMV that wrote
 // the residual), SwiGLU in the gate/up GEMV's epilogue, RoPE + cache append + key codes in one kernel (any row
-// count), and programmatic dependent launch of the GEMVs (weights loaded while the previous kernel ends).
-enum : unsigned { kFuseNorm = 1, kFuseSwiglu = 2, kFuseRope = 4, kFusePdl = 8, kFuseAll = 15 };
+// count), programmatic dependent launch of the GEMVs (weights loaded while the previous kernel ends), and (with
+// kFuseRope) RoPE + append + codes moved into the qkv GEMV's epilogue (kFuseRopeGemv).
+enum : unsigned { kFuseNorm = 1, kFuseSwiglu = 2, kFuseRope = 4, kFusePdl = 8, kFuseRopeGemv = 16, kFuseAll = 31 };
 
 struct GpuEngineOptions {
   int64_t context = 4096;   // tokens per sequence slot
@@ -115,6 +116,7 @@ class GpuEngine {
   uint8_t* codes_new_ = nullptr;
   int32_t *d_tok_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr;
   Thresholds* d_thr_ = nullptr;
+  int* rope_counters_ = nullptr;  // the qkv epilogue's pairs-done counts per (row, KV head), zero between steps
   double* ss_ = nullptr;  // fused RMSNorm sums: [2 n_layers + 1][rows], zeroed at the start of each forward
   void* blas_ws_ = nullptr;
   // host: the current step's rows (pinned rings written before the step is enqueued)
