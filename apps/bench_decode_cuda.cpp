@@ -49,8 +49,10 @@ struct Row {
   std::string fusion = "all";  // the engine's fusions (A/B rows: another setting)
 };
 
-// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope,-ropegemv": extra fusion settings measured next to the default (all) at
-// ADAMAS_ENGINE_AB_CTX (default 32768) and batch 1, in the same run: each change's effect on the step time.
+// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope,-ropegemv,-lt": extra settings measured next to the default (all)
+// at ADAMAS_ENGINE_AB_CTX (default 32768) and ADAMAS_ENGINE_AB_BATCH (default 1), in the same run: each change's
+// effect on the step time. -lt: cublasGemmEx instead of cuBLASLt for > 4 rows.
+constexpr unsigned kNoLt = 1u << 31;
 std::vector<std::pair<std::string, unsigned>> ab_settings() {
   std::vector<std::pair<std::string, unsigned>> out;
   const char* e = std::getenv("ADAMAS_ENGINE_AB");
@@ -65,9 +67,10 @@ std::vector<std::pair<std::string, unsigned>> ab_settings() {
     p = q + 1;
     if (name.empty()) continue;
     if (name == "none") out.emplace_back(name, 0u);
+    else if (name == "-lt") out.emplace_back(name, gpu::kFuseAll | kNoLt);
     else if (name.size() > 1 && name[0] == '-' && bit.count(name.substr(1)))
       out.emplace_back(name, gpu::kFuseAll & ~bit.at(name.substr(1)));
-    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none or -norm/-swiglu/-rope/-pdl/-ropegemv)", name);
+    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none or -norm/-swiglu/-rope/-pdl/-ropegemv/-lt)", name);
   }
   return out;
 }
@@ -82,7 +85,8 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch,
   o.attention.method = m;
   o.attention.budget = budget;
   o.prefill_chunk = 16;
-  o.fuse = fuse;
+  o.fuse = fuse & gpu::kFuseAll;
+  o.cublas_lt = !(fuse & kNoLt);
   const char* paged = std::getenv("ADAMAS_ENGINE_PAGED");  // 0: one contiguous cache up front
   o.paged = !(paged && std::string(paged) == "0");
   Row r{batch, ctx, method_name(m), 0, ""};
@@ -180,14 +184,15 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
           std::fflush(stdout);
         }
     const char* ab_ctx = std::getenv("ADAMAS_ENGINE_AB_CTX");
-    const int64_t actx = ab_ctx ? std::atoll(ab_ctx) : 32768;
+    const char* ab_batch = std::getenv("ADAMAS_ENGINE_AB_BATCH");
+    const int64_t actx = ab_ctx ? std::atoll(ab_ctx) : 32768, ab = ab_batch ? std::atoll(ab_batch) : 1;
     for (const auto& [name, fuse] : ab_settings())
       for (Method m : methods) {
-        rows.push_back(measure(model, m, a.budget, 1, actx, a.tokens, a.reps, fuse));
+        rows.push_back(measure(model, m, a.budget, ab, actx, a.tokens, a.reps, fuse));
         Row& r = rows.back();
         r.fusion = name;
-        fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | fusions {}; {}\n", 1, actx, r.impl, r.tokens_per_s,
-                   r.tokens_per_s > 0 ? 1e3 / r.tokens_per_s : 0.0, name, r.note);
+        fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | fusions {}; {}\n", ab, actx, r.impl, r.tokens_per_s,
+                   r.tokens_per_s > 0 ? 1e3 * double(ab) / r.tokens_per_s : 0.0, name, r.note);
         std::fflush(stdout);
       }
   }  // weights freed before the baseline runs

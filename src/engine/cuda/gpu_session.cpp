@@ -83,6 +83,7 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   cublasSetStream(blas_, stream_);
   cublasSetWorkspace(blas_, blas_ws_, size_t(kBlasWorkspace));
   cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH);
+  lt_ = std::make_unique<LtGemm>(blas_ws_, kBlasWorkspace);
   for (auto& e : done_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   ws_ = std::make_unique<cuda::Workspace>();
 }
@@ -141,6 +142,7 @@ void GpuEngine::linear(const __half* w, int64_t rows, int64_t cols, const float*
   }
   ADAMAS_CHECK(!fused, ErrorKind::invalid_argument, "GPU engine: GEMV fusions need <= {} rows", kSkinnyMax);
   to_half(x, n * cols, xh_, stream_);
+  if (opt_.cublas_lt && lt_->run(w, rows, cols, xh_, n, y, beta, stream_)) return;
   const float alpha = 1.0f;
   // Column-major view: y^T [rows][n] = W (stored [rows][cols] row-major = [cols][rows] column-major)^T x^T.
   const cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n), int(cols), &alpha, w,

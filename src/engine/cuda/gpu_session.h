@@ -9,7 +9,7 @@
 // place, while the GPU runs the previous step). Greedy tokens stay on the device between steps.
 //
 // Matrix products: f16 weights; up to 4 token rows a skinny f32-activation kernel (gpu_linear.cu), more rows
-// cuBLAS (f16 activations, f32 accumulation). Cache: f16 K/V [kv_heads][context][head_dim] per layer and slot, each
+// cuBLASLt (gpu_gemm.h; f16 activations, f32 accumulation). Cache: f16 K/V [kv_heads][context][head_dim] per layer and slot, each
 // slot virtually contiguous with physical pages mapped on demand (paged_cache.h). Not here yet: calibrated
 // thresholds, sampling other than greedy, Quest and StreamingLLM (errors name them).
 #pragma once
@@ -24,6 +24,7 @@
 
 #include "adamas/cuda_attention.h"
 #include "engine/cuda/device_buffer.h"
+#include "engine/cuda/gpu_gemm.h"
 #include "engine/cuda/gpu_model.h"
 #include "engine/cuda/gpu_ops.h"
 #include "engine/cuda/paged_cache.h"
@@ -49,6 +50,7 @@ struct GpuEngineOptions {
   // Paged cache (paged_cache.h): each slot a reserved virtual range, physical pages mapped as sequences grow and
   // reused after they finish. false: one cudaMalloc of max_batch x context up front.
   bool paged = true;
+  bool cublas_lt = true;  // > 4 rows through cuBLASLt (false: cublasGemmEx; also its fallback for shapes Lt lacks)
   int64_t cache_budget_bytes = 0;  // paged: cap on the cache's physical memory (0: whatever the GPU has)
   unsigned fuse = kFuseAll;
 };
@@ -87,6 +89,7 @@ class GpuEngine {
   int64_t cache_pages_created() const;
   int64_t graph_steps() const { return graph_steps_; }
   int64_t eager_steps() const { return eager_steps_; }
+  int64_t gemm_lt_calls() const { return lt_->calls(); }  // products of > 4 rows that ran through cuBLASLt
   // Host time spent enqueuing (capturing, updating and launching) graph steps, per step, in microseconds.
   double host_us_per_step() const { return graph_steps_ ? host_us_ / double(graph_steps_) : 0.0; }
 
@@ -108,6 +111,7 @@ class GpuEngine {
   std::vector<int64_t> len_;  // tokens per slot, -1 when free
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<cuda::Workspace> ws_;
   // device buffers, rows = max(max_batch, prefill_chunk)
   float *x_ = nullptr, *hn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *att_ = nullptr, *gu_ = nullptr,

@@ -1,0 +1,44 @@
+// Matrix products of more than 4 token rows (prefill chunks, large batches) through cuBLASLt:
+// y [n][rows] f32 = beta * y + x [n][cols] f16 . W^T, W f16 [rows][cols] row-major, f32 accumulation. One plan
+// (descriptors + the heuristic's algorithm) per shape, made once and reused, so a captured step does no host search.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+namespace adamas::gpu {
+
+class LtGemm {
+ public:
+  // `workspace` (device, `bytes`) is shared with the caller's other cuBLAS work on the same stream.
+  LtGemm(void* workspace, int64_t bytes);
+  ~LtGemm();
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+
+  // Enqueues the product; false (nothing enqueued) when cuBLASLt has no algorithm for the shape.
+  bool run(const __half* w, int64_t rows, int64_t cols, const __half* x, int64_t n, float* y, float beta,
+           cudaStream_t s);
+  int64_t calls() const { return calls_; }  // products enqueued so far
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool ok = false;
+  };
+  Plan& plan(int64_t rows, int64_t cols, int64_t n, bool accumulate);
+
+  cublasLtHandle_t lt_ = nullptr;
+  void* ws_ = nullptr;
+  int64_t ws_bytes_ = 0, calls_ = 0;
+  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, Plan> plans_;
+};
+
+}  // namespace adamas::gpu
