@@ -109,7 +109,7 @@ struct RunArgs {
   std::string thresholds = "fixed";  // fixed | calibrated
   int64_t context = 0;  // 0: the model's trained context
   int threads = 0;      // 0: all cores
-  std::string device = "cpu";  // cpu | cuda (greedy, full or adamas: apps/run_cuda.cpp)
+  std::string device = "cpu";  // cpu | cuda (apps/run_cuda.cpp)
 };
 int run_model(const RunArgs& args);
 int run_model_cuda(const RunArgs& args, const std::string& prompt_text);  // CUDA builds only

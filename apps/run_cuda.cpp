@@ -1,5 +1,5 @@
 // `adamas run --device cuda`: the prompt prefilled and decoded greedily on the GPU engine (src/engine/cuda), text
-// streamed to stdout, speeds on stderr. Greedy only for now (sampling runs on the CPU path).
+// streamed to stdout, speeds on stderr. Every attention method, thresholds mode and sampler option of the CPU path.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -12,16 +12,14 @@
 namespace adamas::app {
 
 int run_model_cuda(const RunArgs& a, const std::string& text) {
-  ADAMAS_CHECK(a.temperature == 0.0f, ErrorKind::unsupported,
-               "--device cuda decodes greedily only (--temp 0); sampling is not implemented on cuda yet");
-  ADAMAS_CHECK(!parse_thresholds_mode(a.thresholds), ErrorKind::unsupported,
-               "--thresholds calibrated is not implemented on cuda yet (fixed)");
   gpu::GpuEngineOptions o;
   o.attention.method = parse_method(a.attn.c_str());
   o.attention.budget = a.budget;
+  o.attention.sink = a.sink;
+  o.attention.window = a.window;
   o.dense_layers = a.dense_layers;
-  ADAMAS_CHECK(o.attention.method == Method::full || o.attention.method == Method::adamas, ErrorKind::unsupported,
-               "--attn {} is not supported on cuda (full, adamas)", a.attn);
+  o.calibrate_thresholds = parse_thresholds_mode(a.thresholds);
+  o.sampler = {a.temperature, a.top_k, a.top_p, a.seed};
   gpu::require_supported_gpu();
   const LlamaModel model = LlamaModel::load(resolve_model_path(a.model));
   const Tokenizer tokenizer = Tokenizer::from_gguf(model.file());
@@ -29,6 +27,7 @@ int run_model_cuda(const RunArgs& a, const std::string& text) {
   o.context = a.context > 0 ? a.context : std::min<int64_t>(model.config().context_length, 32768);
   ADAMAS_CHECK_ARG(int64_t(prompt.size()) < o.context, "the prompt is {} tokens, which leaves no room in the context "
                    "of {} tokens (raise -c)", prompt.size(), o.context);
+  gpu::validate_gpu_sampler(o.sampler, model.config().vocab);  // before the weights travel
   const gpu::GpuModel weights = gpu::GpuModel::upload(model);
   gpu::GpuEngine engine(weights, o);
   const int seq = engine.add_sequence();

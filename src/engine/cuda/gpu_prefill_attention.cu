@@ -1,7 +1,13 @@
-// Causal prefill attention over the cache (see gpu_ops.h): one block per (query, head), tiles of 128 keys, online
-// softmax. Simple and exact rather than fast; decode attention goes through the Adamas CUDA operator instead.
+// Causal prefill attention over the cache (see gpu_ops.h). Chunks of more than 4 queries (the rows from which the
+// matrix products take f16 activations too) and head_dim 64/128 run on tensor cores
+// (adamas::cuda::attend_dense_causal, src/attention/cuda/prefill.cu); shorter chunks and head_dim 256 run the simple
+// f32 kernel below: one block per (query, head), tiles of 128 keys, online softmax. ADAMAS_PREFILL=simple forces
+// the simple kernel (the before/after prefill benchmark, bench/cuda/bench_prefill.cpp).
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
 
+#include "attention/cuda/prefill.h"
 #include "engine/cuda/gpu_ops.h"
 
 namespace adamas::gpu {
@@ -69,6 +75,14 @@ __global__ void __launch_bounds__(kTile) prefill_kernel(const float* q, int64_t 
 void prefill_attention(const float* q, int64_t n, int64_t p0, int64_t n_heads, const CacheLayout& cache,
                        int64_t layer, int32_t slot, float* out, cudaStream_t s) {
   const float scale = 1.0f / sqrtf(float(cache.head_dim));
+  const char* env = std::getenv("ADAMAS_PREFILL");  // read per call: the benchmark switches it between runs
+  const bool simple_only = env && std::strcmp(env, "simple") == 0;
+  const int64_t hd = cache.head_dim, kvh = cache.kv_heads, cap = cache.capacity;
+  const uint8_t* base = cache.base + int64_t(slot) * cache.slot_bytes + layer * cache.layer_bytes;
+  const HeadsView k{base + cache.k_off, DType::f16, kvh, p0 + n, hd, cap * hd, hd};
+  const HeadsView v{base + cache.v_off, DType::f16, kvh, p0 + n, hd, cap * hd, hd};
+  if (!simple_only && n > 4 && cuda::prefill_supported(k, v))
+    return cuda::attend_dense_causal(q, n, n_heads, n_heads * hd, k, v, scale, out, n_heads * hd, s);
   prefill_kernel<<<dim3(unsigned(n), unsigned(n_heads)), kTile, 0, s>>>(q, p0, n_heads, cache, layer, slot, scale,
                                                                        out);
 }

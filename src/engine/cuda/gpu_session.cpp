@@ -17,8 +17,6 @@ constexpr int64_t kSkinnyMax = 4;  // token rows up to which the f32-activation 
 GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(model), opt_(o) {
   const ModelConfig& c = model.config();
   validate_config(o.attention);
-  ADAMAS_CHECK(o.attention.method == Method::full || o.attention.method == Method::adamas, ErrorKind::unsupported,
-               "--attn {} is not supported on cuda (full, adamas)", method_name(o.attention.method));
   ADAMAS_CHECK(c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256, ErrorKind::unsupported,
                "head_dim {} is not supported on cuda (64, 128, 256)", c.head_dim);
   ADAMAS_CHECK(c.n_heads % c.n_kv_heads == 0, ErrorKind::unsupported, "{} query heads over {} KV heads", c.n_heads,
@@ -86,6 +84,7 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   lt_ = std::make_unique<LtGemm>(blas_ws_, kBlasWorkspace);
   for (auto& e : done_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   ws_ = std::make_unique<cuda::Workspace>();
+  setup_sparse();
 }
 
 GpuEngine::~GpuEngine() {
@@ -104,6 +103,7 @@ int GpuEngine::add_sequence() {
   for (size_t i = 0; i < len_.size(); ++i)
     if (len_[i] < 0) {
       len_[i] = 0;
+      reset_sparse(int(i));
       return int(i);
     }
   fail(ErrorKind::invalid_argument, "GPU engine: all {} sequence slots are in use (finish one first)", len_.size());
@@ -169,6 +169,7 @@ void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
   const ModelConfig& c = model_.config();
   AttentionConfig ac = opt_.attention;
   if (layer < opt_.dense_layers) ac.method = Method::full;
+  if (sparse_decode_layer(layer, n)) return;
   const std::vector<SequenceCache> seqs = views(layer, cur_pos_, row_slot_.data(), n);
   const int64_t g = c.n_heads / c.n_kv_heads;
   if (kernels_have_group(g)) {
@@ -191,7 +192,8 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
   const int64_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim, L = c.n_layers;
   const bool skinny = n <= kSkinnyMax;
   const bool fnorm = skinny && (opt_.fuse & kFuseNorm), fswiglu = skinny && (opt_.fuse & kFuseSwiglu);
-  const bool frope = opt_.fuse & kFuseRope, pdl = skinny && (opt_.fuse & kFusePdl);
+  // Quest pages and calibrated thresholds take the new keys (k_new) and per-row thresholds: the unfused path.
+  const bool frope = (opt_.fuse & kFuseRope) && !quest_.min && !thr_keys_, pdl = skinny && (opt_.fuse & kFusePdl);
   const bool frope_gemv = frope && skinny && (opt_.fuse & kFuseRopeGemv);
   // Fused norms: the GEMV reads the residual x_ with the sum of squares in ss_ (2l: attention, 2l + 1: FFN, 2L: out).
   auto norm_in = [&](const float* norm_w, int64_t k, int64_t first, int64_t rows, GemvFusion& f) -> const float* {
@@ -222,8 +224,10 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
     } else {
       rope_and_append(qkv_, n, c.n_heads, model_.rope_inv_freq(), model_.rope_pairs(), d_pos_, d_slot_, cache_, l,
                       q_, knew_, stream_);
+      append_sparse(l, n, decode, seq, p0);
       if (cache_.has_codes) {
-        cuda::encode_vectors(knew_, DType::f16, n * c.n_kv_heads, c.head_dim, c.head_dim, d_thr_, 1, codes_new_,
+        const auto [thr, n_thr] = key_thresholds(l, n);
+        cuda::encode_vectors(knew_, DType::f16, n * c.n_kv_heads, c.head_dim, c.head_dim, thr, n_thr, codes_new_,
                              stream_);
         append_codes(codes_new_, n, d_pos_, d_slot_, cache_, l, stream_);
       }
@@ -241,12 +245,12 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
     }
     linear(w.wdown, dim, ffn, act_, n, x_, 1.0f, GemvFusion{.out_ss = sums(2 * l + 2), .pdl = pdl});
   }
-  // Logits of every row of a step, of the last row of a prefill chunk; greedy tokens into d_tok_ (the next input).
+  // Logits of every row of a step, of the last row of a prefill chunk; next tokens into d_tok_ (the next input).
   const int64_t first = decode ? 0 : n - 1, rows = n - first;
   GemvFusion fl{.pdl = pdl};
   linear(model_.output(), c.vocab, dim, norm_in(model_.output_norm(), 2 * L, first, rows, fl), rows, logits_, 0.0f,
          fl);
-  argmax_rows(logits_, rows, c.vocab, d_tok_, stream_);
+  pick_tokens(rows);
   last_rows_ = rows;
 }
 
@@ -266,6 +270,12 @@ int32_t GpuEngine::prefill(int seq, std::span<const int32_t> tokens) {
     check(cudaMemcpyAsync(d_tok_, tokens.data() + done, size_t(m) * 4, cudaMemcpyHostToDevice, stream_), "upload");
     check(cudaMemcpyAsync(d_pos_, pos.data(), size_t(m) * 4, cudaMemcpyHostToDevice, stream_), "upload");
     check(cudaMemcpyAsync(d_slot_, slot.data(), size_t(m) * 4, cudaMemcpyHostToDevice, stream_), "upload");
+    use_draws(nullptr);
+    if (done + m == n && !draws_->greedy()) {  // the prompt's last chunk samples the first new token
+      const int one[1] = {seq};
+      draws_->draw(one, 1);
+      use_draws(draws_->step(0));
+    }
     forward(m, false, seq, p0 + done);
     check(cudaStreamSynchronize(stream_), "prefill");  // the host arrays above are reused by the next chunk
     done += m;
@@ -278,6 +288,7 @@ int32_t GpuEngine::prefill(int seq, std::span<const int32_t> tokens) {
 
 void GpuEngine::enqueue_step(int64_t step, int64_t batch) {
   cur_pos_ = h_pos_ + step * batch;
+  use_draws(draws_->greedy() ? nullptr : draws_->step(step));
   check(cudaMemcpyAsync(d_pos_, cur_pos_, size_t(batch) * 4, cudaMemcpyHostToDevice, stream_), "step positions");
   forward(batch, true, -1, 0);
   check(cudaMemcpyAsync(h_out_ + step * batch, d_tok_, size_t(batch) * 4, cudaMemcpyDeviceToHost, stream_),
@@ -344,6 +355,7 @@ std::vector<std::vector<int32_t>> GpuEngine::generate(std::span<const int> seqs,
                  "token id {} not in [0, {})", tokens[size_t(b)], c.vocab);
   }
   check(cudaStreamSynchronize(stream_), "decode");  // the pinned rings below may still be read by earlier steps
+  prepare_steps(seqs, steps);
   for (int s : seqs) reserve_tokens(s, length(s) + steps);
   if (steps * batch > h_cap_) {
     if (h_pos_) cudaFreeHost(h_pos_), cudaFreeHost(h_out_);

@@ -10,8 +10,8 @@
 //
 // Matrix products: f16 weights; up to 4 token rows a skinny f32-activation kernel (gpu_linear.cu), more rows
 // cuBLASLt (gpu_gemm.h; f16 activations, f32 accumulation). Cache: f16 K/V [kv_heads][context][head_dim] per layer and slot, each
-// slot virtually contiguous with physical pages mapped on demand (paged_cache.h). Not here yet: calibrated
-// thresholds, sampling other than greedy, Quest and StreamingLLM (errors name them).
+// slot virtually contiguous with physical pages mapped on demand (paged_cache.h). Quest, StreamingLLM, calibrated
+// Adamas thresholds and sampling: gpu_session_sparse.cpp (the CPU engine's semantics).
 #pragma once
 
 #include <cublas_v2.h>
@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "adamas/cuda_attention.h"
@@ -28,6 +29,9 @@
 #include "engine/cuda/gpu_model.h"
 #include "engine/cuda/gpu_ops.h"
 #include "engine/cuda/paged_cache.h"
+#include "engine/cuda/gpu_sampling.h"
+#include "engine/cuda/gpu_sparse_baselines.h"
+#include "engine/sampler.h"
 
 namespace adamas::gpu {
 
@@ -43,7 +47,7 @@ enum : unsigned { kFuseNorm = 1, kFuseSwiglu = 2, kFuseRope = 4, kFusePdl = 8, k
 struct GpuEngineOptions {
   int64_t context = 4096;   // tokens per sequence slot
   int64_t max_batch = 1;    // sequence slots (the cache holds max_batch x context tokens)
-  AttentionConfig attention;  // method full or adamas
+  AttentionConfig attention;  // method full, adamas, quest or streaming
   int64_t dense_layers = 2;   // the first layers decode with full attention (as the CPU engine)
   int64_t prefill_chunk = 256;
   bool cuda_graph = true;
@@ -53,11 +57,15 @@ struct GpuEngineOptions {
   bool cublas_lt = true;  // > 4 rows through cuBLASLt (false: cublasGemmEx; also its fallback for shapes Lt lacks)
   int64_t cache_budget_bytes = 0;  // paged: cap on the cache's physical memory (0: whatever the GPU has)
   unsigned fuse = kFuseAll;
+  // Adamas: per sequence, per (layer, KV head) key and (layer, query head) query thresholds from the quartiles of the
+  // first prefill chunk's rotated keys/queries, as EngineOptions::calibrate_thresholds (a sequence must prefill first).
+  bool calibrate_thresholds = false;
+  SamplerConfig sampler;  // temperature 0: greedy; else the CPU Sampler's algorithm, one generator per sequence
 };
 
 class GpuEngine {
  public:
-  // Error(unsupported) for a method other than full/adamas, an unsupported head_dim, or a cache that does not fit
+  // Error(unsupported) for an unsupported head_dim or sampler, or a cache that does not fit
   // (naming the bytes); Error(invalid_argument) for bad sizes.
   GpuEngine(const GpuModel& model, const GpuEngineOptions& options);
   ~GpuEngine();
@@ -70,11 +78,11 @@ class GpuEngine {
   void finish(int seq);
   int64_t length(int seq) const;
 
-  // Appends the tokens to sequence `seq` and returns the greedy next token.
+  // Appends the tokens to sequence `seq` and returns the next token (greedy, or sampled: see options().sampler).
   int32_t prefill(int seq, std::span<const int32_t> tokens);
-  // One step: sequence seqs[i] appends tokens[i]; returns the greedy next token of each.
+  // One step: sequence seqs[i] appends tokens[i]; returns the next token of each.
   std::vector<int32_t> decode(std::span<const int> seqs, std::span<const int32_t> tokens);
-  // `steps` greedy steps: the first appends `tokens`, each later one the previous step's outputs (which stay on the
+  // `steps` steps: the first appends `tokens`, each later one the previous step's outputs (which stay on the
   // device). Returns [steps][batch]. The host waits once, at the end.
   std::vector<std::vector<int32_t>> generate(std::span<const int> seqs, std::span<const int32_t> tokens,
                                              int64_t steps);
@@ -102,6 +110,15 @@ class GpuEngine {
   void run_step(int64_t step, int64_t batch);  // graph or eager
   void reserve_tokens(int seq, int64_t tokens);  // paged: maps the pages of tokens [0, tokens) and a margin
   std::vector<SequenceCache> views(int64_t layer, const int32_t* pos, const int32_t* slot, int64_t n) const;
+  // gpu_session_sparse.cpp: Quest pages, StreamingLLM, calibrated thresholds, sampling.
+  void setup_sparse();
+  void reset_sparse(int seq);
+  void append_sparse(int64_t layer, int64_t n, bool decode, int seq, int64_t p0);  // after RoPE + append
+  std::pair<const Thresholds*, int64_t> key_thresholds(int64_t layer, int64_t n);  // for encode_vectors
+  bool sparse_decode_layer(int64_t layer, int64_t n);  // false: decode_attention_layer's own path
+  void prepare_steps(std::span<const int> seqs, int64_t steps);  // generate(): checks, sampling draws
+  void use_draws(const double* host_draws) { cur_draws_ = host_draws; }  // null: greedy
+  void pick_tokens(int64_t rows);  // logits_ -> d_tok_
 
   const GpuModel& model_;
   GpuEngineOptions opt_;
@@ -134,6 +151,16 @@ class GpuEngine {
   cudaEvent_t done_[2] = {nullptr, nullptr};
   int64_t graph_steps_ = 0, eager_steps_ = 0;
   double host_us_ = 0;
+  // Quest / StreamingLLM / calibrated thresholds / sampling state (gpu_session_sparse.cpp)
+  DeviceArena sparse_mem_;
+  QuestPages quest_{};
+  SelectedRows selected_{};
+  Thresholds *thr_keys_ = nullptr, *thr_queries_ = nullptr, *thr_rows_ = nullptr;  // [slot][layer][...] tables
+  std::vector<char> calibrated_;  // per slot
+  std::vector<float> inv_freq_host_;
+  std::unique_ptr<SamplingDraws> draws_;
+  double* d_uniform_ = nullptr;
+  const double* cur_draws_ = nullptr;
 };
 
 }  // namespace adamas::gpu
