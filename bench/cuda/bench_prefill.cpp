@@ -1,11 +1,14 @@
 // Prefill speed of the GPU engine, the simple f32 prefill attention kernel (ADAMAS_PREFILL=simple) against the
 // tensor-core one (src/attention/cuda/prefill.cu), side by side in one process: Llama-2-7B shape, random f16
-// weights, random prompts of 4K-32K tokens prefilled in chunks. Usage: bench_prefill [lengths...] (default 4096
-// 8192 16384 32768). The simple kernel's attention grows with the square of the length: it is skipped where the
-// last measured time, scaled by that square, predicts more than 100 s.
+// weights, random prompts of 4K-32K tokens prefilled in chunks.
+// Usage: bench_prefill [--reps N] [--simple-up-to L] [lengths...] (default 1 rep, lengths 4096 8192 16384 32768):
+// the median of N runs per cell. The simple kernel's attention grows with the square of the length: it runs up to
+// length L (default all), and is skipped where the last measured time, scaled by that square, predicts over 100 s.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -49,13 +52,26 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::vector<int64_t> lengths;
-  for (int i = 1; i < argc; ++i) lengths.push_back(std::stoll(argv[i]));
+  int reps = 1;
+  int64_t simple_up_to = INT64_MAX;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::stoi(argv[++i]));
+    else if (a == "--simple-up-to" && i + 1 < argc) simple_up_to = std::stoll(argv[++i]);
+    else lengths.push_back(std::stoll(a));
+  }
   if (lengths.empty()) lengths = {4096, 8192, 16384, 32768};
   int64_t longest = 0;
   for (int64_t l : lengths) longest = std::max(longest, l);
   const gpu::GpuModel model = gpu::GpuModel::random(llama2_7b(), 1);
-  fmt::print("device: {}; model: Llama-2-7B shape, random f16 weights; prompt tokens/s (one run each)\n\n",
-             cuda::device_name());
+  fmt::print("device: {}; model: Llama-2-7B shape, random f16 weights; prompt tokens/s (median of {} run(s))\n\n",
+             cuda::device_name(), reps);
+  auto median_s = [&](gpu::GpuEngine& e, int64_t tokens, bool simple) {
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) t.push_back(prefill_seconds(e, tokens, simple));
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
   fmt::print("| tokens | simple kernel, chunk 256 | tensor cores, chunk 256 | tensor cores, chunk 1024 | speedup (1024 vs "
              "simple) |\n| --- | --- | --- | --- | --- |\n");
   std::vector<double> simple(lengths.size(), 0), tc256(lengths.size(), 0), tc1024(lengths.size(), 0);
@@ -67,11 +83,11 @@ int main(int argc, char** argv) {
     double last_s = 0, last_len = 1;
     for (size_t i = 0; i < lengths.size(); ++i) {
       const double ratio = double(lengths[i]) / last_len;
-      if (chunk == 256 && last_s * ratio * ratio < 100.0) {
-        simple[i] = prefill_seconds(e, lengths[i], true);
+      if (chunk == 256 && lengths[i] <= simple_up_to && last_s * ratio * ratio < 100.0) {
+        simple[i] = median_s(e, lengths[i], true);
         last_s = simple[i], last_len = double(lengths[i]);
       }
-      (chunk == 256 ? tc256 : tc1024)[i] = prefill_seconds(e, lengths[i], false);
+      (chunk == 256 ? tc256 : tc1024)[i] = median_s(e, lengths[i], false);
     }
   }
   for (size_t i = 0; i < lengths.size(); ++i) {
