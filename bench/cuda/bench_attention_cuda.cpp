@@ -267,9 +267,10 @@ int main(int argc, char** argv) {
   FILE* jf = json_path.empty() ? nullptr : std::fopen(json_path.c_str(), "w");
   std::vector<std::string> table;
   char line[512];
-  std::snprintf(line, sizeof line, "%-14s %5s %7s %6s | %9s %7s %6s | %9s | %8s %8s %8s | %7s %7s", "shape", "batch",
-                "context", "budget", "dense_us", "GB/s", "%copy", "sdpa_us", "select", "attend", "adamas", "x_sdpa",
-                "x_dense");
+  // GQA rows come twice: per-head selection and "-sh" = shared_sum (one selection per KV group).
+  std::snprintf(line, sizeof line, "%-16s %5s %7s %6s | %9s %7s %6s | %9s | %8s %8s %8s | %7s %7s", "shape",
+                "batch", "context", "budget", "dense_us", "GB/s", "%copy", "sdpa_us", "select", "attend", "adamas",
+                "x_sdpa", "x_dense");
   table.push_back(line);
   for (const auto& s : shapes) {
     for (const auto& c : cfgs) {
@@ -311,11 +312,14 @@ int main(int argc, char** argv) {
       const std::string key = std::to_string(H) + ":" + std::to_string(KVH) + ":" + std::to_string(B) + ":" +
                               std::to_string(n);
       const double sd = sdpa_us.count(key) ? sdpa_us[key] : NAN;
-      for (int64_t budget : budgets) {
-        if (budget >= n) continue;
+      for (int64_t budget : budgets)
+      for (GroupSelection group : {GroupSelection::per_head, GroupSelection::shared_sum}) {
+        if (budget >= n || (group == GroupSelection::shared_sum && H == KVH)) continue;
         AttentionConfig cfg;
         cfg.budget = budget;
         cfg.thresholds = th;
+        cfg.group = group;
+        const std::string name = std::string(s.name) + (group == GroupSelection::shared_sum ? "-sh" : "");
         const double sel = timer.median_us([&] { cuda::select(in, cfg, ws, nullptr); }, iters);
         const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
         const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
@@ -344,18 +348,18 @@ int main(int argc, char** argv) {
           }
         }
         std::snprintf(line, sizeof line,
-                      "%-14s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f",
-                      s.name, (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs, sd,
-                      sel, att, tot, sd / tot, dense / tot);
+                      "%-16s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f",
+                      name.c_str(), (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs,
+                      sd, sel, att, tot, sd / tot, dense / tot);
         table.push_back(line);
         std::printf("%s\n", line);
         std::fflush(stdout);
         if (jf)
           std::fprintf(jf,
-                       "{\"shape\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,\"context\":%lld,"
+                       "{\"shape\":\"%s\",\"group\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,\"context\":%lld,"
                        "\"budget\":%lld,\"dense_us\":%.2f,\"dense_gbs\":%.1f,\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,"
                        "\"select_us\":%.2f,\"attend_us\":%.2f,\"adamas_us\":%.2f,\"flush\":\"%s\"}\n",
-                       s.name, s.heads, s.kv_heads, D, (long long)B, (long long)n, (long long)budget, dense, gbs,
+                       s.name, group_selection_name(group), s.heads, s.kv_heads, D, (long long)B, (long long)n, (long long)budget, dense, gbs,
                        copy_gbs, std::isnan(sd) ? -1.0 : sd, sel, att, tot, flush_mode.c_str());
       }
       cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);

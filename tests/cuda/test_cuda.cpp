@@ -279,11 +279,8 @@ std::vector<int32_t> cpu_selection(const Batch& bt, size_t b, int64_t unit, cons
   return out;
 }
 
-void expect_selection_matches(const Batch& bt, const AttentionConfig& cfg, cuda::Workspace& ws) {
-  auto& in_seqs = bt.seqs;
-  (void)in_seqs;
-  const cuda::SelectionView sel = cuda::select(bt.inputs(), cfg, ws, nullptr);
-  sync_ok();
+// A selection on the device (sel) against the CPU's, every (sequence, unit).
+void expect_view_matches(const Batch& bt, const AttentionConfig& cfg, const cuda::SelectionView& sel) {
   std::vector<int32_t> idx(size_t(sel.batch * sel.units * sel.capacity)), cnt(size_t(sel.batch * sel.units));
   ck(cudaMemcpy(idx.data(), sel.indices, idx.size() * 4, cudaMemcpyDeviceToHost), "copy idx");
   ck(cudaMemcpy(cnt.data(), sel.counts, cnt.size() * 4, cudaMemcpyDeviceToHost), "copy counts");
@@ -293,8 +290,22 @@ void expect_selection_matches(const Batch& bt, const AttentionConfig& cfg, cuda:
       const int64_t row = int64_t(b) * sel.units + u;
       ASSERT_EQ(cnt[row], int32_t(ref.size())) << "sequence " << b << " unit " << u;
       const std::vector<int32_t> got(idx.begin() + row * sel.capacity, idx.begin() + row * sel.capacity + cnt[row]);
+      if (got != ref) {  // the first differing slot and its neighbourhood (the gtest print stops at 32 entries)
+        size_t i = 0;
+        while (i < got.size() && got[i] == ref[i]) ++i;
+        std::string near;
+        for (size_t k = i >= 3 ? i - 3 : 0; k < std::min(got.size(), i + 6); ++k)
+          near += " [" + std::to_string(k) + "] " + std::to_string(got[k]) + "/" + std::to_string(ref[k]);
+        ADD_FAILURE() << "first difference at slot " << i << " (got/ref):" << near;
+      }
       ASSERT_EQ(got, ref) << "sequence " << b << " (n = " << bt.c.lens[b] << ") unit " << u;
     }
+}
+
+void expect_selection_matches(const Batch& bt, const AttentionConfig& cfg, cuda::Workspace& ws) {
+  const cuda::SelectionView sel = cuda::select(bt.inputs(), cfg, ws, nullptr);
+  sync_ok();
+  expect_view_matches(bt, cfg, sel);
 }
 
 struct SelectCase {
@@ -470,6 +481,22 @@ TEST(CudaAttend, SelectedRowsMatchCpu) {
   }
 }
 
+// cuda::decode_attention of a batch into a poisoned output, and the CPU's decode_attention of each sequence.
+std::vector<float> gpu_decode(const Batch& bt, const AttentionConfig& cfg, cuda::Workspace& ws) {
+  Dev<float> dout(size_t(int64_t(bt.c.lens.size()) * bt.c.n_heads * bt.c.dim));
+  dout.poison();
+  cuda::decode_attention(bt.inputs(), cfg, ws, dout.p, nullptr);
+  sync_ok();
+  return dout.download();
+}
+std::vector<float> cpu_decode(const Batch& bt, const AttentionConfig& cfg) {
+  const int64_t per_seq = int64_t(bt.c.n_heads) * bt.c.dim;
+  std::vector<float> ref(bt.c.lens.size() * size_t(per_seq));
+  DecodeWorkspace cws;
+  for (size_t b = 0; b < bt.c.lens.size(); ++b) decode_attention(bt.cpu_inputs(b), cfg, cws, ref.data() + b * per_seq);
+  return ref;
+}
+
 TEST(CudaDecode, MatchesCpuDecodeAttention) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
@@ -483,16 +510,7 @@ TEST(CudaDecode, MatchesCpuDecodeAttention) {
         cfg.method = m, cfg.budget = 256, cfg.sink = 2, cfg.window = 16, cfg.group = gs;
         cfg.thresholds = {-0.6f, 0.0f, 0.6f};
         Batch bt(ac.c, rng, cfg.thresholds);
-        const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size());
-        Dev<float> dout(size_t(B * H * D));
-        dout.poison();
-        cuda::decode_attention(bt.inputs(), cfg, ws, dout.p, nullptr);
-        sync_ok();
-        const auto got = dout.download();
-        std::vector<float> ref(size_t(B * H * D));
-        DecodeWorkspace cws;
-        for (int64_t b = 0; b < B; ++b) decode_attention(bt.cpu_inputs(size_t(b)), cfg, cws, ref.data() + b * H * D);
-        EXPECT_LT(rel_err(got, ref), kTol);
+        EXPECT_LT(rel_err(gpu_decode(bt, cfg, ws), cpu_decode(bt, cfg)), kTol);
       }
     }
   }
