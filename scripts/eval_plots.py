@@ -3,7 +3,8 @@
 
     python3 scripts/eval_plots.py DIR OUTDIR
 
-passkey.png: accuracy by length, one line per variant. ppl.png: cumulative perplexity by tokens. ruler.png: mean
+passkey.png and ppl.png: the paper's comparison (per-head selection, no forced sink/window), by length at budget 64
+(passkey) / 128 (ppl) and by budget at 2K tokens, one line per method and thresholds mode. ruler.png: mean
 score per task and variant. recall.png: attention mass and top-k overlap by budget (one line per method and
 thresholds mode, one panel per length), and recall_layers.png: the mass by layer at each budget of Adamas.
 """
@@ -72,21 +73,57 @@ def line_plot(series, xlabel, ylabel, title, path):
     save(fig, path)
 
 
+def plain(r):
+    """Rows of the paper's comparison: per-head selection, no forced sink/window (the variants have own tables)."""
+    return r.get("group", "per-head") == "per-head" and not r.get("sink", 0) and not r.get("window", 0)
+
+
+def method_label(r):
+    if r["method"] == "adamas":
+        return "adamas, calibrated" if r.get("thresholds") == "calibrated" else "adamas, fixed"
+    return r["method"]
+
+
+def two_panels(rows, y, ylabel, title, budget, length, path, log_y=False):
+    """Left: by length at one budget; right: by budget at one length (full attention as a level line)."""
+    rows = [r for r in rows if plain(r)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    at_budget = by_variant([dict(r, variant=method_label(r)) for r in rows if r["method"] == "full" or
+                            r["budget"] == budget], "length", y)
+    for v in sorted(at_budget, key=lambda v: (v != "full", v)):
+        xs, ys = zip(*at_budget[v])
+        left.plot(xs, ys, marker="o", label=v, **style(v))
+    left.set_xscale("log", base=2)
+    decorate(left, "prompt tokens", ylabel, f"{title}: budget {budget}")
+    at_length = [r for r in rows if r["length"] == length]
+    full = [y(r) for r in at_length if r["method"] == "full"]
+    sweep = by_variant([dict(r, variant=method_label(r)) for r in at_length if r["method"] != "full"], "budget", y)
+    for v in sorted(sweep):
+        xs, ys = zip(*sweep[v])
+        right.plot(xs, ys, marker="o", label=v, **style(v))
+    if full:
+        right.axhline(mean(full), label="full", **style("full"))
+    right.set_xscale("log", base=2)
+    decorate(right, "budget (tokens)", ylabel, f"{title}: {length} tokens")
+    for ax in (left, right):
+        if log_y:
+            ax.set_yscale("log")
+    save(fig, path)
+
+
 def main():
     src, out = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
     made = []
     rows = load(src, "passkey")
     if rows:
-        s = by_variant(rows, "length", lambda r: float(r["correct"]))
-        line_plot(s, "prompt tokens", "pass key accuracy", "Pass key retrieval (SmolLM2-135M)",
-                  os.path.join(out, "passkey.png"))
+        two_panels(rows, lambda r: float(r["correct"]), "pass key accuracy", "Pass key retrieval (SmolLM2-135M)",
+                   64, 2048, os.path.join(out, "passkey.png"))
         made.append("passkey.png")
     rows = load(src, "ppl")
     if rows:
-        s = by_variant(rows, "length", lambda r: r["ppl"])
-        line_plot(s, "tokens (each a decode step)", "cumulative perplexity", "Perplexity, token by token",
-                  os.path.join(out, "ppl.png"))
+        two_panels(rows, lambda r: r["ppl"], "cumulative perplexity", "Perplexity, token by token", 128, 2048,
+                   os.path.join(out, "ppl.png"), log_y=True)
         made.append("ppl.png")
     rows = load(src, "ruler")
     if rows:
