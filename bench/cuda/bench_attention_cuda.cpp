@@ -5,7 +5,9 @@
 // measured in the same run. Prints a table and writes JSON lines (--json FILE).
 //
 // bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]
-//   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all] [--no-dense] [--probe]
+//   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all] [--no-dense] [--dense-only] [--probe]
+// --dense-only: dense rows only, our default dense kernel (v7: the tensor-core group kernel) beside v6's kernel
+// (ADAMAS_CUDA_DENSE=v6) and PyTorch SDPA, each with GB/s and % of the copy bandwidth of the same run.
 // --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
 // in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch.
 #include <cuda_runtime.h>
@@ -136,7 +138,7 @@ int main(int argc, char** argv) {
   std::string flush_mode = "read";
   std::string shapes_sel = "all";
   std::vector<int64_t> ctx_sel, budget_sel, batch_sel;
-  bool no_dense = false, probe = false;
+  bool no_dense = false, probe = false, dense_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -149,6 +151,7 @@ int main(int argc, char** argv) {
     else if (a == "--batches" && i + 1 < argc) batch_sel = parse_list(argv[++i]);
     else if (a == "--shapes" && i + 1 < argc) shapes_sel = argv[++i];
     else if (a == "--no-dense") no_dense = true;
+    else if (a == "--dense-only") dense_only = true;
     else if (a == "--probe") probe = true;
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
@@ -272,6 +275,12 @@ int main(int argc, char** argv) {
                 "batch", "context", "budget", "dense_us", "GB/s", "%copy", "sdpa_us", "select", "attend", "adamas",
                 "x_sdpa", "x_dense");
   table.push_back(line);
+  if (dense_only) {
+    table.clear();
+    std::snprintf(line, sizeof line, "%-16s %5s %7s | %9s %7s %6s | %9s %6s | %9s %6s | %7s %7s", "shape", "batch",
+                  "context", "dense_us", "GB/s", "%copy", "v6_us", "%copy", "sdpa_us", "%copy", "x_v6", "x_sdpa");
+    table.push_back(line);
+  }
   for (const auto& s : shapes) {
     for (const auto& c : cfgs) {
       const int64_t n = c.ctx, B = c.batch, KVH = s.kv_heads, H = s.heads;
@@ -298,8 +307,8 @@ int main(int argc, char** argv) {
         seqs.push_back({HeadsView::contiguous(static_cast<uint16_t*>(k) + off, DType::f16, KVH, n, D),
                         HeadsView::contiguous(static_cast<uint16_t*>(v) + off, DType::f16, KVH, n, D),
                         CodesView::contiguous(codes + off / 4, KVH, n, D)});
-        cuda::encode_keys(seqs.back().k, 0, n, thr, 1,
-                          MutCodesView::contiguous(codes + off / 4, KVH, n, D), nullptr);
+        if (!dense_only)
+          cuda::encode_keys(seqs.back().k, 0, n, thr, 1, MutCodesView::contiguous(codes + off / 4, KVH, n, D), nullptr);
       }
       ck(cudaDeviceSynchronize(), "setup");
       cuda::Workspace ws;
@@ -312,6 +321,26 @@ int main(int argc, char** argv) {
       const std::string key = std::to_string(H) + ":" + std::to_string(KVH) + ":" + std::to_string(B) + ":" +
                               std::to_string(n);
       const double sd = sdpa_us.count(key) ? sdpa_us[key] : NAN;
+      if (dense_only) {
+        setenv("ADAMAS_CUDA_DENSE", "v6", 1);
+        const double v6 = timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
+        unsetenv("ADAMAS_CUDA_DENSE");
+        auto pct = [&](double us) { return 100.0 * kv_bytes / (us * 1e3) / copy_gbs; };
+        std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% | %9.1f %5.1f%% | %9.1f %5.1f%% | %7.2f %7.2f",
+                      s.name, (long long)B, (long long)n, dense, gbs, pct(dense), v6, pct(v6), sd, pct(sd), v6 / dense,
+                      sd / dense);
+        table.push_back(line);
+        std::printf("%s\n", line);
+        std::fflush(stdout);
+        if (jf)
+          std::fprintf(jf,
+                       "{\"shape\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,\"context\":%lld,"
+                       "\"dense_us\":%.2f,\"dense_v6_us\":%.2f,\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,\"flush\":\"%s\"}\n",
+                       s.name, s.heads, s.kv_heads, D, (long long)B, (long long)n, dense, v6, copy_gbs,
+                       std::isnan(sd) ? -1.0 : sd, flush_mode.c_str());
+        cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);
+        continue;
+      }
       for (int64_t budget : budgets)
       for (GroupSelection group : {GroupSelection::per_head, GroupSelection::shared_sum}) {
         if (budget >= n || (group == GroupSelection::shared_sum && H == KVH)) continue;
@@ -366,8 +395,8 @@ int main(int argc, char** argv) {
     }
   }
   if (jf) std::fclose(jf);
-  std::printf("\n== decode attention, one layer, d=128 f16, %s, copy %.0f GB/s, L2 flushed by %s 256 MB, "
-              "empty kernel %.1f us ==\n",
+  std::printf("\n== decode attention%s, one layer, d=128 f16, %s, copy %.0f GB/s, L2 flushed by %s 256 MB, "
+              "empty kernel %.1f us ==\n", dense_only ? " (dense only)" : "",
               cuda::device_name(), copy_gbs, flush_mode == "write" ? "writing" : "reading", empty_us);
   for (const auto& l : table) std::printf("%s\n", l.c_str());
   return 0;

@@ -11,7 +11,8 @@
 // attention with f32 accumulation (equal to the CPU's up to rounding).
 //
 // Supported: head_dim 64, 128, 256; K/V in f16 or bf16 (f32 accepted by the encoders); any number of heads with
-// n_heads a multiple of kv_heads (GQA group size 1, 2, 4 or 8); batches of sequences of different lengths.
+// n_heads a multiple of kv_heads (GQA group size 1, 2, 4 or 8; dense attention at head_dim 64 or 128 also 3, 5, 6 or 7);
+// batches of sequences of different lengths.
 #pragma once
 
 #include <cuda_runtime.h>

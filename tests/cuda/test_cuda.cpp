@@ -406,26 +406,80 @@ std::vector<AttnCase> attn_cases() {
           {"gqa2_d256", {256, 4, 2, DType::f16, {4000, 333}}}};
 }
 
+// Dense attention adds the group kernel's shapes (v7, dense_group.cu: head_dim 64/128, groups 1 to 8, SmolLM2's 3):
+// sequences shorter than, equal to and just past a warp's tile and a block's 4 tiles, and long ones split in chunks.
+std::vector<AttnCase> dense_cases() {
+  auto v = attn_cases();
+  v.push_back({"gqa3_d64_f16_smollm2", {64, 9, 3, DType::f16, {6000, 31, 33, 129}}});
+  v.push_back({"gqa3_d128_bf16_batch", {128, 6, 2, DType::bf16, {1, 4500, 16, 65}}});
+  v.push_back({"gqa4_d128_bf16_batch", {128, 32, 8, DType::bf16, {12000, 63, 64, 2}}});
+  v.push_back({"gqa8_d128_f16", {128, 16, 2, DType::f16, {9000, 300}}});
+  v.push_back({"mha_d64_bf16", {64, 4, 4, DType::bf16, {7000, 5}}});
+  v.push_back({"gqa5_d128_f16", {128, 10, 2, DType::f16, {3333}}});
+  return v;
+}
+
+// Dense paths (ADAMAS_CUDA_DENSE): unset = the group kernel where it covers the shape, else v6; v6 = v6's kernel.
+class DensePathEnv {
+ public:
+  explicit DensePathEnv(const char* v) {
+    if (v[0]) setenv("ADAMAS_CUDA_DENSE", v, 1);
+    else unsetenv("ADAMAS_CUDA_DENSE");
+  }
+  ~DensePathEnv() { unsetenv("ADAMAS_CUDA_DENSE"); }
+};
+
 TEST(CudaAttend, DenseMatchesCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
   cuda::Workspace ws;
-  for (const auto& ac : attn_cases()) {
-    SCOPED_TRACE(ac.name);
-    Batch bt(ac.c, rng, Thresholds{});
-    const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size());
-    const float scale = 1.0f / std::sqrt(float(D));
-    Dev<float> dout(size_t(B * H * D));
-    dout.poison();
-    cuda::attend_dense(bt.inputs(), scale, ws, dout.p, nullptr);
-    sync_ok();
-    const auto got = dout.download();
-    std::vector<float> ref(size_t(B * H * D));
-    for (int64_t b = 0; b < B; ++b) {
-      const DecodeInputs in = bt.cpu_inputs(size_t(b));
-      attend_dense_decode(in.q, H, in.k, in.v, scale, ref.data() + b * H * D);
+  for (const char* path : {"", "v6"}) {
+    const DensePathEnv env(path);
+    for (const auto& ac : dense_cases()) {
+      const int g = ac.c.n_heads / ac.c.kv_heads;
+      if (path[0] && g != 1 && g != 2 && g != 4 && g != 8) continue;  // v6 takes groups 1, 2, 4, 8
+      SCOPED_TRACE(std::string(ac.name) + (path[0] ? " (v6 kernel)" : ""));
+      Batch bt(ac.c, rng, Thresholds{});
+      const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size());
+      const float scale = 1.0f / std::sqrt(float(D));
+      std::vector<float> ref(size_t(B * H * D));
+      for (int64_t b = 0; b < B; ++b) {
+        const DecodeInputs in = bt.cpu_inputs(size_t(b));
+        attend_dense_decode(in.q, H, in.k, in.v, scale, ref.data() + b * H * D);
+      }
+      // twice on the same workspace: the merge's arrival counters are left at zero
+      for (int rep = 0; rep < 2; ++rep) {
+        Dev<float> dout(size_t(B * H * D));
+        dout.poison();
+        cuda::attend_dense(bt.inputs(), scale, ws, dout.p, nullptr);
+        sync_ok();
+        EXPECT_LT(rel_err(dout.download(), ref), kTol) << "call " << rep;
+      }
     }
-    EXPECT_LT(rel_err(got, ref), kTol);
+  }
+}
+
+TEST(CudaAttend, GroupOfThreeOnlyForDenseAt64And128) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  AttentionConfig cfg;
+  cfg.budget = 64, cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+  const Batch d256(Case{256, 6, 2, DType::f16, {100}}, rng, cfg.thresholds);
+  Dev<float> dout(size_t(6 * 256));
+  const auto is_group_error = [](const Error& e) { return std::string(e.what()).find("GQA group of 3") != std::string::npos; };
+  try {
+    cuda::attend_dense(d256.inputs(), 0.0625f, ws, dout.p, nullptr);
+    ADD_FAILURE() << "head_dim 256 with a group of 3 was accepted";
+  } catch (const Error& e) {
+    EXPECT_TRUE(is_group_error(e)) << e.what();
+  }
+  const Batch d128(Case{128, 6, 2, DType::f16, {100}}, rng, cfg.thresholds);
+  try {
+    cuda::select(d128.inputs(), cfg, ws, nullptr);
+    ADD_FAILURE() << "selection with a group of 3 was accepted";
+  } catch (const Error& e) {
+    EXPECT_TRUE(is_group_error(e)) << e.what();
   }
 }
 

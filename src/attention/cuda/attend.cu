@@ -12,6 +12,7 @@
 #include <cooperative_groups.h>
 
 #include "attention/cuda/common.cuh"
+#include "attention/cuda/dense_group.h"
 #include "attention/cuda/launch.h"
 
 namespace adamas::cuda {
@@ -44,15 +45,6 @@ struct AttendParams {
   float* out;  // [batch][n_heads][D]
   unsigned long long* stamps;  // phase stamps (profiling builds), or null
 };
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  const int n = valid ? 16 : 0;  // 0: zero-fill
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // v2: K and V row tiles stream into shared memory through a kStages-deep cp.async pipeline (both tensors of a
 // tile in flight together, the next tiles in flight while one is computed); selected row indices are staged in
@@ -397,6 +389,8 @@ void run_attention(const BatchInputs& in, const SelectionView* sel, int64_t budg
   const auto chunks = make_batches(in, false, where);
   const HeadsView& k0 = in.seqs[0].k;
   const int D = int(k0.dim), kvh = int(k0.heads), n_heads = int(in.n_heads), group = n_heads / kvh;
+  CUDA_REQUIRE(group == 1 || group == 2 || group == 4 || group == 8, ErrorKind::unsupported, where, ": GQA group of ",
+               group, " query heads (1, 2, 4 or 8 on CUDA; dense attention at head_dim 64 or 128 takes 1 to 8)");
   // Heads per block: the whole group when its heads share rows (dense, shared selection), else one.
   const int G = (!sel || sel->shared) ? group : 1;
   const int units = G > 1 ? kvh : n_heads;
@@ -483,7 +477,13 @@ void attend_selected(const BatchInputs& in, const AttentionConfig& config, Works
 }
 
 void attend_dense(const BatchInputs& in, float scale, Workspace& ws, float* out, cudaStream_t stream) {
-  detail::run_attention(in, nullptr, 0, scale, ws, out, stream, "cuda::attend_dense");
+  // v7: the tensor-core group kernel (dense_group.cu) where it covers the shape; v6's kernel for head_dim 256.
+  const char* where = "cuda::attend_dense";
+  if (!in.seqs.empty() && in.seqs[0].k.heads > 0 &&
+      detail::dense_group_supports(in.seqs[0].k.dim, in.n_heads / in.seqs[0].k.heads) &&
+      !detail::dense_group_disabled())
+    return detail::attend_dense_group(in, scale, ws, out, stream, where);
+  detail::run_attention(in, nullptr, 0, scale, ws, out, stream, where);
 }
 
 void decode_attention(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float* out,

@@ -83,6 +83,16 @@ void verbose_print(const std::string& line);  // to stderr, unless one of the la
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
+// ---- cp.async (16 bytes global -> shared, bypassing L1; zero-fill when not valid) ------------------------------
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;  // 0: zero-fill
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
 // ---- dtype helpers ------------------------------------------------------------------------------------------
 
 template <class T>
@@ -278,6 +288,64 @@ __device__ void merge_partials(const float* ml, const float* acc, int C, int ldc
       const float L = s_L[h];
       float* o = out + h * D + col;
       o[0] = a0 / L, o[1] = a1 / L, o[2] = a2 / L, o[3] = a3 / L;
+    }
+  }
+}
+
+// v7: the same merge for a run-time number of heads nh (1..8) and kT threads, in one pass of independent loads: each
+// thread folds its share of the chunks online (max, weight sum and 4 columns, batches of 8 chunks in flight), then
+// the S threads of a column quad combine by shuffles. merge_partials needs the heads' max before any column (two
+// dependent L2 round trips and a block barrier first).
+template <int D, int kT>
+__device__ void merge_partials_online(const float* ml, const float* acc, int C, int ldc, int nh, float* out) {
+  static_assert(kT % 32 == 0, "whole warps");
+  constexpr int kBatch = 8;
+  const int Q = nh * D / 4;  // column quads (a multiple of 16)
+  int S = 1;                 // threads per quad: a power of two <= 16, neighbouring lanes of one warp
+  while (S < 16 && Q * S * 2 <= kT) S *= 2;
+  const int tid = threadIdx.x;
+  auto fold = [](float& m, float& l, float4& a, float mc, float lc, float4 v) {
+    const float mn = fmaxf(m, mc);
+    const float fo = m == -INFINITY ? 0.0f : exp2f(m - mn), fc = mc == -INFINITY ? 0.0f : exp2f(mc - mn);
+    l = l * fo + lc * fc;
+    a.x = a.x * fo + v.x * fc, a.y = a.y * fo + v.y * fc, a.z = a.z * fo + v.z * fc, a.w = a.w * fo + v.w * fc;
+    m = mn;
+  };
+  for (int base = 0; base < Q * S; base += kT) {  // the same trip count in every thread (shuffles below)
+    const int i = base + tid;
+    const bool active = i < Q * S;
+    const int qd = active ? i / S : 0, s = i % S;
+    const int h = qd / (D / 4), col = (qd % (D / 4)) * 4;
+    const float* mh = ml + int64_t(h) * ldc * 2;
+    const float* ah = acc + int64_t(h) * ldc * D + col;
+    float m = -INFINITY, l = 0.0f;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (active) {
+      for (int c0 = s; c0 < C; c0 += kBatch * S) {
+        float mc[kBatch], lc[kBatch];
+        float4 v[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int c = c0 + u * S;
+          const bool ok = c < C;
+          mc[u] = ok ? __ldcg(mh + 2 * c) : -INFINITY;
+          lc[u] = ok ? __ldcg(mh + 2 * c + 1) : 0.0f;
+          v[u] = ok ? __ldcg(reinterpret_cast<const float4*>(ah + int64_t(c) * D)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) fold(m, l, a, mc[u], lc[u], v[u]);
+      }
+    }
+    for (int o = S / 2; o > 0; o /= 2) {
+      const float om = __shfl_xor_sync(0xffffffffu, m, o), ol = __shfl_xor_sync(0xffffffffu, l, o);
+      float4 oa;
+      oa.x = __shfl_xor_sync(0xffffffffu, a.x, o), oa.y = __shfl_xor_sync(0xffffffffu, a.y, o);
+      oa.z = __shfl_xor_sync(0xffffffffu, a.z, o), oa.w = __shfl_xor_sync(0xffffffffu, a.w, o);
+      fold(m, l, a, om, ol, oa);
+    }
+    if (active && s == 0) {
+      float* o = out + h * D + col;
+      o[0] = a.x / l, o[1] = a.y / l, o[2] = a.z / l, o[3] = a.w / l;
     }
   }
 }

@@ -135,7 +135,8 @@ std::vector<BatchDesc> make_batches(const BatchInputs& in, bool need_codes, cons
   CUDA_REQUIRE(k0.dtype == DType::f16 || k0.dtype == DType::bf16, ErrorKind::unsupported, where, ": K/V dtype ", dtype_name(k0.dtype), " (f16 or bf16 on CUDA)");
   CUDA_REQUIRE(k0.heads > 0 && in.n_heads > 0 && in.n_heads % k0.heads == 0, ErrorKind::shape_mismatch, where, ": ", in.n_heads, " query heads is not a positive multiple of ", k0.heads, " KV heads");
   const int64_t g = in.n_heads / k0.heads;
-  CUDA_REQUIRE(g == 1 || g == 2 || g == 4 || g == 8, ErrorKind::unsupported, where, ": GQA group of ", g, " query heads (1, 2, 4 or 8 on CUDA)");
+  // Selection needs 1, 2, 4 or 8; attention checks its own kernels' groups (the dense group kernel takes 1 to 8).
+  CUDA_REQUIRE(g == 1 || g == 2 || g == 4 || g == 8 || (!need_codes && g <= 8), ErrorKind::unsupported, where, ": GQA group of ", g, " query heads (1, 2, 4 or 8 on CUDA; dense attention at head_dim 64 or 128 takes 1 to 8)");
   std::vector<BatchDesc> out;
   for (size_t i = 0; i < in.seqs.size(); ++i) {
     const SequenceCache& s = in.seqs[i];

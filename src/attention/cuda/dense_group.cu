@@ -1,0 +1,406 @@
+// Dense decode attention of a GQA group on tensor cores (v7). A block (4 warps) takes a chunk of the rows of one
+// (sequence, KV head) and computes all G <= 8 query heads of the group from each K/V row read once. Each warp
+// streams its own tiles of 16 rows (32 at d = 64: 8 KB of K and V) through a 3-stage cp.async pipeline in shared
+// memory, with no block barrier until its rows are done:
+//   scores S = Q K^T by mma.m16n8k16: Q is the A operand (rows 0..G-1 of 16, the rest zero), K^T the B operand read
+//     by ldmatrix from the row-major tile; the result has query row g = lane / 4 and keys 2t, 2t + 1 (t = lane % 4),
+//   O^T += V^T P^T by mma.m16n8k16: V^T is the A operand (ldmatrix.trans), and the score fragments, turned into
+//     weights, are exactly the B operand's layout (no shuffles); O^T holds d rows by 8 query columns, so nothing
+//     of the accumulator is padding.
+// Q and P are f32 values: each is split into 2 (f16) or 3 (bf16) terms of the K/V dtype whose sum carries about 22
+// (f16) / 24 (bf16) bits, one mma per term with f32 accumulation, so the result stays within f32 rounding of the
+// CPU's (the tensor cores have ~20x the throughput this needs: memory is the bound). Tiles are stored swizzled
+// (16-byte chunk c of row r at c ^ (r & 7)) so that ldmatrix reads are free of bank conflicts. The warps' partials
+// merge in shared memory, the blocks' partials through the last block of the (sequence, KV head) as in attend.cu.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "attention/cuda/common.cuh"
+#include "attention/cuda/dense_group.h"
+#include "attention/cuda/launch.h"
+
+namespace adamas::cuda::detail {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStages = 3;
+constexpr int kMaxRows = 8;  // query rows of a group (the n = 8 of the output mma)
+
+struct DenseGroupParams {
+  BatchDesc bd;
+  const float* q;  // [batch][n_heads][D]
+  int n_heads, group;
+  float qscale;  // scale * log2(e): scores in base-2 exponent units
+  int chunk, max_chunks, units;
+  float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
+  float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
+  uint32_t* done;  // [batch][units], zero between launches
+  float* out;      // [batch][n_heads][D]
+};
+
+// Tensor-core operations of a 16-bit dtype: pack two f32 into one register, mma.m16n8k16 with f32 accumulation.
+template <class T>
+struct Tc;
+template <>
+struct Tc<__half> {
+  static constexpr int terms = 2;
+  __device__ static uint32_t pack(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static float2 unpack(uint32_t u) { return __half22float2(*reinterpret_cast<const __half2*>(&u)); }
+  __device__ static void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                             uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct Tc<__nv_bfloat16> {
+  static constexpr int terms = 3;
+  __device__ static uint32_t pack(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static float2 unpack(uint32_t u) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
+  }
+  __device__ static void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                             uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+// (a, b) as a sum of Tc<T>::terms packed pairs: each term is the rounding of what the earlier terms left.
+template <class T>
+__device__ __forceinline__ void split_terms(float a, float b, uint32_t (&out)[Tc<T>::terms]) {
+#pragma unroll
+  for (int k = 0; k < Tc<T>::terms; ++k) {
+    out[k] = Tc<T>::pack(a, b);
+    const float2 r = Tc<T>::unpack(out[k]);
+    a -= r.x, b -= r.y;
+  }
+}
+
+// Four 8x8 b16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+template <int D>
+constexpr int stage_rows() { return 16 * (128 / D); }  // 8 KB of K and V per warp and stage
+template <int D, class T>
+constexpr size_t group_smem() { return size_t(kWarps) * kStages * 2 * stage_rows<D>() * D * sizeof(T); }
+
+template <int D, class T>
+__global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_constant__ DenseGroupParams p) {
+  constexpr int KS = stage_rows<D>();
+  constexpr int KG = KS / 16;      // 16-row groups per stage (the k of the P V mma)
+  constexpr int CPR = D / 8;       // 16-byte chunks per row
+  constexpr int DS = D / 16;       // k-steps of the scores = 16-row tiles of O^T
+  constexpr int NT = Tc<T>::terms;
+  constexpr int TILE = KS * D;     // elements of one tensor's stage tile
+  constexpr int LD = D + 4;        // row stride of the warp-merge buffer (floats; breaks bank conflicts)
+  static_assert(KS * CPR == 256, "8 cp.async per lane and tensor");
+  static_assert(size_t(kWarps) * kMaxRows * LD * 4 <= group_smem<D, T>(), "merge buffer aliases the stages");
+  extern __shared__ __align__(128) unsigned char dsm[];
+  __shared__ float s_m[kWarps][kMaxRows], s_l[kWarps][kMaxRows], s_M[kMaxRows], s_L[kMaxRows];
+  __shared__ int s_last;
+
+  const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
+  const SeqDesc& sq = p.bd.seq[b];
+  const int64_t n = sq.n;
+  const int nchunks = int((n + p.chunk - 1) / p.chunk);
+  if (chunk >= nchunks) return;
+  const int64_t r_begin = int64_t(chunk) * p.chunk, r_end = min(n, r_begin + p.chunk);
+  const int G = p.group, qh0 = unit * G;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const T* K = static_cast<const T*>(sq.k) + unit * sq.k_head;
+  const T* V = static_cast<const T*>(sq.v) + unit * sq.v_head;
+
+  // This warp's tiles: i-th = block tile warp + kWarps * i (the block's 4 warps stream neighbouring tiles).
+  const int tiles = int((r_end - r_begin + KS - 1) / KS);
+  const int my_tiles = warp < tiles ? (tiles - warp + kWarps - 1) / kWarps : 0;
+  T* wbuf = reinterpret_cast<T*>(dsm) + size_t(warp) * kStages * 2 * TILE;
+  auto tile_key0 = [&](int i) { return r_begin + int64_t(warp + kWarps * i) * KS; };
+  auto issue = [&](int i) {
+    T* kd = wbuf + (i % kStages) * 2 * TILE;
+    T* vd = kd + TILE;
+    const int64_t key0 = tile_key0(i);
+#pragma unroll
+    for (int j = 0; j < KS * CPR / 32; ++j) {
+      const int e = lane + 32 * j, r = e / CPR, c = e % CPR;
+      const bool valid = key0 + r < r_end;
+      const int64_t row = valid ? key0 + r : r_begin;  // past the end: zero-filled (weights 0, and no NaN * 0)
+      const int pc = c ^ (r & 7);
+      cp_async16(kd + r * D + pc * 8, K + row * sq.k_tok + c * 8, valid);
+      cp_async16(vd + r * D + pc * 8, V + row * sq.v_tok + c * 8, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < my_tiles) issue(s);
+    cp_async_commit();
+  }
+
+  // Q as the A operand (row g, columns 2t, 2t + 1 and 2t + 8, 2t + 9 of each 16-column step), split into terms;
+  // rows g >= G are zero.
+  uint32_t qa[DS][2][NT];
+  {
+    const bool row_ok = g < G;
+    const float* qr = p.q + (int64_t(b) * p.n_heads + qh0 + (row_ok ? g : 0)) * D;
+#pragma unroll
+    for (int s = 0; s < DS; ++s)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float2 x = row_ok ? *reinterpret_cast<const float2*>(qr + 16 * s + 8 * h + 2 * t) : make_float2(0.f, 0.f);
+        split_terms<T>(x.x * p.qscale, x.y * p.qscale, qa[s][h]);
+      }
+  }
+
+  // O^T accumulators: acc[m] = O[2t][16m + g], O[2t + 1][16m + g], O[2t][16m + 8 + g], O[2t + 1][16m + 8 + g].
+  float acc[DS][4];
+#pragma unroll
+  for (int m = 0; m < DS; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;  // query row g: running max, this lane's share of the weight sum
+  // ldmatrix addressing: lane l gives row (l % 8) + 8 (l / 16) of a 16-row group, 8-column half (l / 8) % 2.
+  const int lrow = (lane & 7) + 8 * (lane >> 4), lhalf = (lane >> 3) & 1, lsw = lane & 7;
+  const uint32_t wbuf_s = static_cast<uint32_t>(__cvta_generic_to_shared(wbuf));
+
+  for (int i = 0; i < my_tiles; ++i) {
+    if (i + kStages - 1 < my_tiles) issue(i + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncwarp();  // every lane's copies of tile i have landed
+    const uint32_t ks = wbuf_s + uint32_t((i % kStages) * 2 * TILE * sizeof(T));
+    const uint32_t vs = ks + uint32_t(TILE * sizeof(T));
+    const int64_t key0 = tile_key0(i);
+
+    // Scores: one accumulator per term (shorter dependent mma chains), summed after.
+    float sc[KG][2][NT][4];
+#pragma unroll
+    for (int kg = 0; kg < KG; ++kg)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int k = 0; k < NT; ++k) sc[kg][nt][k][0] = sc[kg][nt][k][1] = sc[kg][nt][k][2] = sc[kg][nt][k][3] = 0.0f;
+#pragma unroll
+    for (int kg = 0; kg < KG; ++kg)
+#pragma unroll
+      for (int s = 0; s < DS; ++s) {
+        uint32_t kb[4];  // B operand of rows 0-7 (kb[0], kb[1]) and rows 8-15 (kb[2], kb[3]) of the group
+        ldsm_x4(ks + uint32_t(((kg * 16 + lrow) * D + (((2 * s + lhalf) ^ lsw) * 8)) * sizeof(T)), kb);
+#pragma unroll
+        for (int k = 0; k < NT; ++k) {
+          Tc<T>::mma(sc[kg][0][k], qa[s][0][k], 0u, qa[s][1][k], 0u, kb[0], kb[1]);
+          Tc<T>::mma(sc[kg][1][k], qa[s][0][k], 0u, qa[s][1][k], 0u, kb[2], kb[3]);
+        }
+      }
+    // Online softmax of query row g over the tile (keys kg * 16 + nt * 8 + 2t + e); the quad's 4 lanes share row g.
+    float sv[KG][2][2];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int kg = 0; kg < KG; ++kg)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = 0.0f;
+#pragma unroll
+          for (int k = 0; k < NT; ++k) v += sc[kg][nt][k][e];
+          v = key0 + kg * 16 + nt * 8 + 2 * t + e < r_end ? v : -INFINITY;
+          sv[kg][nt][e] = v;
+          mx = fmaxf(mx, v);
+        }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run, mx);  // finite: the tile's first key is in range
+    const float alpha = exp2f(m_run - m_new);
+    float psum = 0.0f;
+    uint32_t pb[KG][2][NT];  // B operand of P^T: (P[g][2t], P[g][2t + 1]) of rows 0-7, then of rows 8-15
+#pragma unroll
+    for (int kg = 0; kg < KG; ++kg)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        float p0 = exp2f(sv[kg][nt][0] - m_new), p1 = exp2f(sv[kg][nt][1] - m_new);
+        psum += p0 + p1;
+        if (g >= G) p0 = p1 = 0.0f;  // padding rows add nothing to the output
+        split_terms<T>(p0, p1, pb[kg][nt]);
+      }
+    l_run = l_run * alpha + psum;
+    m_run = m_new;
+    // The accumulator's query columns are 2t and 2t + 1: their rescale factors live in lanes 8t and 8t + 4.
+    const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * t), a1 = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+    for (int m = 0; m < DS; ++m) acc[m][0] *= a0, acc[m][1] *= a1, acc[m][2] *= a0, acc[m][3] *= a1;
+#pragma unroll
+    for (int kg = 0; kg < KG; ++kg)
+#pragma unroll
+      for (int m = 0; m < DS; ++m) {
+        uint32_t va[4];  // A operand V^T: d rows 16m..16m+15 by the group's 16 rows (keys)
+        ldsm_x4_trans(vs + uint32_t(((kg * 16 + lrow) * D + (((2 * m + lhalf) ^ lsw) * 8)) * sizeof(T)), va);
+#pragma unroll
+        for (int k = 0; k < NT; ++k) Tc<T>::mma(acc[m], va[0], va[1], va[2], va[3], pb[kg][0][k], pb[kg][1][k]);
+      }
+    __syncwarp();  // every lane has read this stage before the next iteration refills it
+  }
+  cp_async_wait<0>();  // only empty groups remain
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if (t == 0) s_m[warp][g] = m_run, s_l[warp][g] = l_run;
+  __syncthreads();  // every warp is done with its stages: they become the merge buffer
+
+  // Merge the warps: each scales its accumulators to the block's max, the block sums them.
+  float* red = reinterpret_cast<float*>(dsm);  // [kWarps][kMaxRows][LD]
+#pragma unroll
+  for (int qq = 0; qq < 2; ++qq) {
+    const int q = 2 * t + qq;
+    if (q >= G) continue;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][q]);
+    const float mw = s_m[warp][q];
+    const float f = mw == -INFINITY ? 0.0f : exp2f(mw - M);  // a warp without rows: m = -inf, weight 0
+    float* rr = red + (warp * kMaxRows + q) * LD;
+#pragma unroll
+    for (int m = 0; m < DS; ++m) rr[16 * m + g] = acc[m][qq] * f, rr[16 * m + 8 + g] = acc[m][2 + qq] * f;
+  }
+  if (tid < G) {
+    float M = -INFINITY, L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][tid]);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) L += s_m[w][tid] == -INFINITY ? 0.0f : s_l[w][tid] * exp2f(s_m[w][tid] - M);
+    s_M[tid] = M, s_L[tid] = L;
+  }
+  __syncthreads();
+  const int64_t hbase = (int64_t(b) * p.n_heads + qh0) * p.max_chunks;
+  for (int i = tid; i < G * D; i += kThreads) {
+    const int q = i / D, d = i % D;
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v += red[(w * kMaxRows + q) * LD + d];
+    if (nchunks == 1) {
+      p.out[(int64_t(b) * p.n_heads + qh0 + q) * D + d] = v / s_L[q];
+    } else {
+      const int64_t pc = hbase + int64_t(q) * p.max_chunks + chunk;
+      p.part[pc * D + d] = v;
+      if (d == 0) p.part_ml[pc * 2] = s_M[q], p.part_ml[pc * 2 + 1] = s_L[q];
+    }
+  }
+  if (nchunks == 1) return;
+  __threadfence();
+  __syncthreads();
+  uint32_t* done = p.done + int64_t(b) * p.units + unit;
+  if (tid == 0) s_last = atomicAdd(done, 1u) == uint32_t(nchunks - 1);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  merge_partials_online<D, kThreads>(p.part_ml + hbase * 2, p.part + hbase * D, nchunks, p.max_chunks, G,
+                                     p.out + (int64_t(b) * p.n_heads + qh0) * D);
+  if (tid == 0) *done = 0;
+}
+
+// Blocks of dense_group_kernel<D, T> resident per multiprocessor (sets its shared-memory attribute once).
+template <int D, class T>
+int group_blocks_per_sm() {
+  static std::atomic<int> cached{0};
+  int v = cached.load();
+  if (v == 0) {
+    const size_t smem = group_smem<D, T>();
+    check_cuda(cudaFuncSetAttribute(dense_group_kernel<D, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "dense group smem attribute");
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, dense_group_kernel<D, T>, kThreads, smem),
+               "dense group occupancy");
+    v = std::max(v, 1);
+    cached = v;
+  }
+  return v;
+}
+
+template <int D, class T>
+void launch_dt(const DenseGroupParams& p, dim3 grid, cudaStream_t stream) {
+  group_blocks_per_sm<D, T>();
+  dense_group_kernel<D, T><<<grid, kThreads, group_smem<D, T>(), stream>>>(p);
+  launch_check("dense group attention kernel launch");
+}
+
+int occupancy(int D, DType dt) {
+  const bool h = dt == DType::f16;
+  if (D == 64) return h ? group_blocks_per_sm<64, __half>() : group_blocks_per_sm<64, __nv_bfloat16>();
+  return h ? group_blocks_per_sm<128, __half>() : group_blocks_per_sm<128, __nv_bfloat16>();
+}
+
+}  // namespace
+
+bool dense_group_supports(int64_t dim, int64_t group) { return (dim == 64 || dim == 128) && group >= 1 && group <= 8; }
+
+bool dense_group_disabled() {
+  const char* e = std::getenv("ADAMAS_CUDA_DENSE");
+  return e != nullptr && std::strcmp(e, "v6") == 0;
+}
+
+void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float* out, cudaStream_t stream,
+                        const char* where) {
+  CUDA_REQUIRE(out != nullptr, ErrorKind::invalid_argument, where, ": out is null");
+  const auto chunks = make_batches(in, false, where);
+  const HeadsView& k0 = in.seqs[0].k;
+  const int D = int(k0.dim), kvh = int(k0.heads), n_heads = int(in.n_heads), G = n_heads / kvh;
+  CUDA_REQUIRE(dense_group_supports(D, G), ErrorKind::unsupported, where, ": the group kernel takes head_dim 64 or 128 "
+               "and 1 to 8 query heads per KV head (got ", D, ", ", G, ")");
+  const int64_t batch = int64_t(in.seqs.size());
+  auto& Sx = ws.state();
+  int64_t rows_max = 0;
+  for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
+  // One wave: blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch; chunks of at
+  // least 64 rows (one tile per warp at d = 128).
+  const int64_t slots = int64_t(occupancy(D, k0.dtype)) * Sx.sms;
+  const int64_t per_unit = std::clamp<int64_t>(slots / std::min<int64_t>(batch, kMaxBatch) / kvh, 1, 256);
+  const int64_t chunk = std::max<int64_t>(64, (rows_max + per_unit - 1) / per_unit);
+  const int max_chunks = int((rows_max + chunk - 1) / chunk);
+  ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
+  float* part_ml = Sx.part + batch * n_heads * max_chunks * D;
+  ensure(&Sx.done, &Sx.done_bytes, size_t(batch * kvh) * 4, true);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const int64_t b0 = int64_t(c) * kMaxBatch;
+    DenseGroupParams p{};
+    p.bd = chunks[c];
+    p.q = in.q + b0 * n_heads * D;
+    p.n_heads = n_heads, p.group = G;
+    p.qscale = scale * 1.4426950408889634f;
+    p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = kvh;
+    p.part = Sx.part + b0 * n_heads * max_chunks * D;
+    p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
+    p.done = Sx.done + b0 * kvh;
+    p.out = out + b0 * n_heads * D;
+    const dim3 grid(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
+    if (launch_verbose()) {
+      char line[256];
+      std::snprintf(line, sizeof line, "[adamas] attend dense group (v7) D=%d G=%d: grid %ux%ux%u, chunk %lld rows\n",
+                    D, G, grid.x, grid.y, grid.z, (long long)chunk);
+      verbose_print(line);
+    }
+    const bool h = k0.dtype == DType::f16;
+    if (D == 64) h ? launch_dt<64, __half>(p, grid, stream) : launch_dt<64, __nv_bfloat16>(p, grid, stream);
+    else h ? launch_dt<128, __half>(p, grid, stream) : launch_dt<128, __nv_bfloat16>(p, grid, stream);
+  }
+}
+
+}  // namespace adamas::cuda::detail
