@@ -4,6 +4,7 @@
 // when transformers is absent (bench/cuda/hf_decode_baseline.py says which ran).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -49,17 +50,21 @@ struct Row {
   std::string fusion = "all";  // the engine's fusions (A/B rows: another setting)
 };
 
-// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope,-ropegemv,-lt": extra settings measured next to the default (all)
-// at ADAMAS_ENGINE_AB_CTX (default 32768) and ADAMAS_ENGINE_AB_BATCH (default 1), in the same run: each change's
-// effect on the step time. -lt: cublasGemmEx instead of cuBLASLt for > 4 rows.
-constexpr unsigned kNoLt = 1u << 31;
+// ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope,-ropegemv,-l2pf,-half,+l2late,+l2last,-lt,profile": extra settings
+// measured next to the default (all) at ADAMAS_ENGINE_AB_CTX (default 32768) and ADAMAS_ENGINE_AB_BATCH (default 1),
+// in the same run: each change's effect on the step time. -x: the default less fusion x; +x: the default and the
+// variant x (gpu_session.h); -lt: cublasGemmEx instead of cuBLASLt for > 4 rows; profile: the default run eagerly
+// with an event per phase, printed as GPU ms per step and phase (the events cost PDL's overlap).
+constexpr unsigned kNoLt = 1u << 31, kProfile = 1u << 30;
 std::vector<std::pair<std::string, unsigned>> ab_settings() {
   std::vector<std::pair<std::string, unsigned>> out;
   const char* e = std::getenv("ADAMAS_ENGINE_AB");
   if (!e) return out;
   const std::map<std::string, unsigned> bit{{"norm", gpu::kFuseNorm}, {"swiglu", gpu::kFuseSwiglu},
                                             {"rope", gpu::kFuseRope}, {"pdl", gpu::kFusePdl},
-                                            {"ropegemv", gpu::kFuseRopeGemv}};
+                                            {"ropegemv", gpu::kFuseRopeGemv}, {"l2pf", gpu::kFuseL2},
+                                            {"l2late", gpu::kFuseL2Late}, {"l2last", gpu::kFuseL2Last},
+                                            {"half", gpu::kFuseHalf}};
   std::string list = e;
   for (size_t p = 0; p <= list.size();) {
     const size_t q = std::min(list.find(',', p), list.size());
@@ -68,10 +73,25 @@ std::vector<std::pair<std::string, unsigned>> ab_settings() {
     if (name.empty()) continue;
     if (name == "none") out.emplace_back(name, 0u);
     else if (name == "-lt") out.emplace_back(name, gpu::kFuseAll | kNoLt);
+    else if (name == "profile") out.emplace_back(name, gpu::kFuseAll | kProfile);
     else if (name.size() > 1 && name[0] == '-' && bit.count(name.substr(1)))
       out.emplace_back(name, gpu::kFuseAll & ~bit.at(name.substr(1)));
-    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none or -norm/-swiglu/-rope/-pdl/-ropegemv/-lt)", name);
+    else if (name.size() > 1 && name[0] == '+' && bit.count(name.substr(1)))
+      out.emplace_back(name, gpu::kFuseAll | bit.at(name.substr(1)));
+    else fail(ErrorKind::invalid_argument, "ADAMAS_ENGINE_AB: {} (expected none, profile, -lt, or -/+ one of "
+              "norm/swiglu/rope/pdl/ropegemv/l2pf/half/l2late/l2last)", name);
   }
+  return out;
+}
+
+// "phase ms (%), ..." per decode step, the phases of GpuEngine::profile() (the warm-up steps included).
+std::string profile_line(const gpu::PhaseProfile& p) {
+  double total = 0;
+  for (const auto& [name, ms] : p.ms) total += ms;
+  std::string out = fmt::format("GPU ms/step by phase (eager, events; {} steps): total {:.3f}", p.steps,
+                                total / double(std::max<int64_t>(p.steps, 1)));
+  for (const auto& [name, ms] : p.ms)
+    out += fmt::format(", {} {:.3f} ({:.1f}%)", name, ms / double(std::max<int64_t>(p.steps, 1)), 100.0 * ms / total);
   return out;
 }
 
@@ -85,8 +105,9 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch,
   o.attention.method = m;
   o.attention.budget = budget;
   o.prefill_chunk = 16;
-  o.fuse = fuse & gpu::kFuseAll;
+  o.fuse = fuse & gpu::kFuseBits;
   o.cublas_lt = !(fuse & kNoLt);
+  o.profile = fuse & kProfile;
   const char* paged = std::getenv("ADAMAS_ENGINE_PAGED");  // 0: one contiguous cache up front
   o.paged = !(paged && std::string(paged) == "0");
   Row r{batch, ctx, method_name(m), 0, ""};
@@ -111,6 +132,8 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch,
     r.note = fmt::format("graph steps {}, eager {}, host {:.0f} us/step, cache {:.1f} GiB{}", e.graph_steps(),
                          e.eager_steps(), e.host_us_per_step(), double(e.cache_bytes()) / double(1 << 30),
                          o.paged ? " paged" : "");
+    if (o.profile) r.note += "; " + profile_line(e.profile());
+    if (!e.gemm_tuning().empty()) r.note += "; cuBLASLt " + e.gemm_tuning();
   } catch (const Error& err) {
     r.note = fmt::format("skipped: {}", err.what());
   }
@@ -159,11 +182,7 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   ADAMAS_CHECK_ARG(a.budget > 0 && a.tokens > 0 && a.reps > 0, "--budget, --tokens and --reps must be > 0");
   ADAMAS_CHECK_ARG(!a.contexts.empty() && !a.batch.empty() && !a.attn.empty(), "--ctx, --batch and --attn need values");
   std::vector<Method> methods;
-  for (const std::string& m : a.attn) {
-    methods.push_back(parse_method(m.c_str()));
-    ADAMAS_CHECK(methods.back() == Method::full || methods.back() == Method::adamas, ErrorKind::unsupported,
-                 "--attn {} is not supported on cuda (full, adamas)", m);
-  }
+  for (const std::string& m : a.attn) methods.push_back(parse_method(m.c_str()));  // every method runs on cuda
   const ModelConfig c = named_shape(a.shape.empty() ? "llama2-7b" : a.shape);
   gpu::require_supported_gpu();
   fmt::print("# decode on {}: {} (RANDOM f16 weights; {} layers, dim {}, ffn {}, {}/{} heads of {}, vocab {})\n",
@@ -201,10 +220,13 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
 
   std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> by;
   std::string base_name;
+  std::vector<std::string> others;  // quest, streaming: a tokens/s column each, after adamas
   for (const Row& r : rows) {
     if (r.fusion != "all") continue;
     if (r.tokens_per_s > 0) by[{r.batch, r.ctx}][r.impl] = r.tokens_per_s;
-    if (r.impl != "full" && r.impl != "adamas") base_name = r.impl;
+    const bool sparse = r.impl == "quest" || r.impl == "streaming";
+    if (sparse && std::find(others.begin(), others.end(), r.impl) == others.end()) others.push_back(r.impl);
+    if (r.impl != "full" && r.impl != "adamas" && !sparse) base_name = r.impl;
   }
   auto get = [](const std::map<std::string, double>& m, const std::string& k) {
     auto it = m.find(k);
@@ -213,14 +235,21 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   auto num = [](double v, const char* f) { return v > 0 ? fmt::format(fmt::runtime(f), v) : std::string("-"); };
   fmt::print("\n== decode tokens/s, {} (random f16 weights), {}; baseline: {}\n", c.name, cuda::device_name(),
              base_name.empty() ? "none" : base_name);
-  fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}\n", "batch", "ctx", "full", "adamas", "baseline",
+  fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}", "batch", "ctx", "full", "adamas", "baseline",
              "adamas/full", "full/base");
+  for (const std::string& o : others) fmt::print(" | {:>9} {:>10}", o, o + "/full");
+  fmt::print("\n");
   nlohmann::json out = nlohmann::json::array();
   for (const auto& [key, m] : by) {
     const double f = get(m, "full"), s = get(m, "adamas"), b = base_name.empty() ? 0 : get(m, base_name);
-    fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}\n", key.first, key.second, num(f, "{:.1f}"),
+    fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}", key.first, key.second, num(f, "{:.1f}"),
                num(s, "{:.1f}"), num(b, "{:.1f}"), num(f > 0 && s > 0 ? s / f : 0, "{:.2f}x"),
                num(f > 0 && b > 0 ? f / b : 0, "{:.2f}x"));
+    for (const std::string& o : others) {
+      const double v = get(m, o);
+      fmt::print(" | {:>9} {:>10}", num(v, "{:.1f}"), num(f > 0 && v > 0 ? v / f : 0, "{:.2f}x"));
+    }
+    fmt::print("\n");
   }
   for (const Row& r : rows)
     out.push_back({{"shape", c.name}, {"batch", r.batch}, {"ctx", r.ctx}, {"impl", r.impl},

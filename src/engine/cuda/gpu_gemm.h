@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <tuple>
+#include <utility>
 
 namespace adamas::gpu {
 
@@ -25,13 +26,19 @@ class LtGemm {
   bool run(const __half* w, int64_t rows, int64_t cols, const __half* x, int64_t n, float* y, float beta,
            cudaStream_t s);
   int64_t calls() const { return calls_; }  // products enqueued so far
+  // Times up to 16 of the heuristic's algorithms for this shape on the given weights (cycled, so that most calls miss
+  // L2; x and y are scratch of the shape's size) and keeps the fastest for run(). Not while a stream captures. The
+  // choice is kept per process and shape, so that every engine of a process computes the same sums. Returns the
+  // chosen algorithm's time and the heuristic's first choice's (us per call).
+  std::pair<double, double> tune(const __half* const* ws, int n_ws, int64_t rows, int64_t cols, const __half* x,
+                                 int64_t n, float* y, float beta, cudaStream_t s);
 
  private:
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
-    bool ok = false;
+    bool ok = false, tuned = false;
   };
   Plan& plan(int64_t rows, int64_t cols, int64_t n, bool accumulate);
 

@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const __half* w, in
 // The streaming kernel: R rows per warp, kStreamWarps warps per block, U column steps of 256 per batch of loads.
 // Optional fusions (GemvFusion, gpu_ops.h): an RMSNorm prologue on x (NORM), the sum of squares of the stored
 // outputs (the next RMSNorm's input) and SwiGLU over (gate, up) row pairs in the epilogue, and programmatic dependent
-// launch: the first batch of weights is loaded before waiting for the previous kernel, so the loads overlap its tail.
+// launch: the kernel is launched while the previous one ends and waits for it before its first load.
 constexpr int kStreamWarps = 4;
 
 // Read-only, read-once weights: bypass L1 (x lives there), normal L2 policy.
@@ -208,45 +208,39 @@ __global__ void __launch_bounds__(kStreamWarps * 32) stream_kernel(const __half*
                                                                    int64_t cols, const float* __restrict__ x, int n,
                                                                    float* __restrict__ y, float beta, GemvFusion f) {
   constexpr int U = 8 / R;  // 8 16-byte weight loads in flight per lane
-  __shared__ double ss_part[kStreamWarps][NT];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r0 = (int64_t(blockIdx.x) * kStreamWarps + warp) * R;
-  const bool active = r0 < rows;  // whole warps only: the shuffles below see full warps
-  if (f.pdl) pdl_launch_dependents();
+  // Session 2's shape around the loop (bench_gemv's ablation, session 4): loading a first batch before the PDL wait
+  // and keeping warps past the last row alive (for a block barrier) each made every call 1-2 us slower, more than
+  // the overlap they bought; so the wait comes first and such warps leave (no barrier below).
+  if (f.pdl) {
+    pdl_launch_dependents();
+    pdl_wait();  // x, y and the norm sums are the previous kernels' outputs
+  }
+  if (r0 >= rows) return;  // whole warps only: the shuffles below see full warps
   const __half* wrow[R];
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) wrow[rr] = w + (r0 + rr < rows ? r0 + rr : rows - 1) * cols;
-  float acc[R][NT] = {};
-  int64_t c = lane * 8;
-  uint4 wv[U][R];
-  // Full batches of U column steps load and add without guards: a guard around each (asm volatile) load becomes a
-  // branch, which splits the batch into basic blocks and serialises the x loads (6-13% slower, bench_gemv 05:10).
-  auto load_full = [&](int64_t c0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int rr = 0; rr < R; ++rr) wv[u][rr] = stream_load(wrow[rr] + c0 + u * 256);
-  };
-  const bool first_full = active && c + (U - 1) * 256 < cols;
-  if (first_full) load_full(c);  // weights do not depend on the previous kernel
-  if (f.pdl) pdl_wait();         // every thread waits: x, y and the norm sums are the previous kernels' outputs
   float s[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t)
     s[t] = NORM ? float(1.0 / sqrt(f.norm_ss[t] / double(cols) + double(f.eps))) : 1.0f;  // rms_norm_rows' s
+  float acc[R][NT] = {};
   // Columns lane * 8 + 256 j in increasing j, whatever U and R: each sum's order is that of every variant.
-  if (first_full) {  // the batch loaded before the wait
+  // Full batches of U column steps load and add without guards: a guard around each (asm volatile) load becomes a
+  // branch, which splits the batch into basic blocks and serialises the x loads (6-13% slower, bench_gemv 05:10).
+  int64_t c = lane * 8;
+  for (; c + (U - 1) * 256 < cols; c += U * 256) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) wv[u][rr] = stream_load(wrow[rr] + c + u * 256);
 #pragma unroll
     for (int u = 0; u < U; ++u) accumulate_stream<NT, R, NORM>(wv[u], x, cols, c + u * 256, s, f.norm_w, acc);
-    c += U * 256;
   }
-  if (active) {
-    for (; c + (U - 1) * 256 < cols; c += U * 256) {
-      load_full(c);
-#pragma unroll
-      for (int u = 0; u < U; ++u) accumulate_stream<NT, R, NORM>(wv[u], x, cols, c + u * 256, s, f.norm_w, acc);
-    }
-    // Tail: fewer than U steps left (cols need not be a multiple of 256); loads first, then the sums in order.
+  {  // tail: fewer than U steps left (cols need not be a multiple of 256); loads first, then the sums in order
+    uint4 wv[U][R];
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
@@ -267,45 +261,37 @@ __global__ void __launch_bounds__(kStreamWarps * 32) stream_kernel(const __half*
     }
   if constexpr (ROPE) {
     static_assert(R == 2, "the rope epilogue takes a pair of rows per warp");
-    if (active) rope_epilogue<NT>(v, r0, lane, n, f.rope);
+    rope_epilogue<NT>(v, r0, lane, n, f.rope);
     return;
   }
+  if (lane != 0) return;
+  if constexpr (R == 2) {
+    if (f.swiglu) {  // rows (2i, 2i + 1) = (gate i, up i); r0 is even; y has rows / 2 columns
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t < n) {
+          const float g = v[0][t];
+          y[t * (rows / 2) + r0 / 2] = g / (1.0f + expf(-g)) * v[1][t];  // swiglu_rows' expression
+        }
+      return;
+    }
+  }
   double sq[NT] = {};
-  if (lane == 0 && active) {
-    if constexpr (R == 2) {
-      if (f.swiglu) {  // rows (2i, 2i + 1) = (gate i, up i); r0 is even; y has rows / 2 columns
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
-          if (t < n) {
-            const float g = v[0][t];
-            y[t * (rows / 2) + r0 / 2] = g / (1.0f + expf(-g)) * v[1][t];  // swiglu_rows' expression
-          }
+  for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      if (t < n && r0 + rr < rows) {
+        float* dst = y + t * rows + r0 + rr;
+        const float out = beta == 0.0f ? v[rr][t] : beta * *dst + v[rr][t];
+        *dst = out;
+        sq[t] += double(out) * out;
       }
-    }
-    if (!f.swiglu) {
+  // One atomic per warp and token row (a block sum in shared memory would need every warp at a barrier).
+  if (f.out_ss)
 #pragma unroll
-      for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-          if (t < n && r0 + rr < rows) {
-            float* dst = y + t * rows + r0 + rr;
-            const float out = beta == 0.0f ? v[rr][t] : beta * *dst + v[rr][t];
-            *dst = out;
-            sq[t] += double(out) * out;
-          }
-    }
-  }
-  if (!f.out_ss) return;
-  // One atomic per block and token row: the warps' squares summed in shared memory first.
-  if (lane == 0)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) ss_part[warp][t] = sq[t];
-  __syncthreads();
-  if (threadIdx.x < NT && int(threadIdx.x) < n) {
-    double total = 0;
-    for (int k = 0; k < kStreamWarps; ++k) total += ss_part[k][threadIdx.x];
-    atomicAdd(f.out_ss + threadIdx.x, total);
-  }
+    for (int t = 0; t < NT; ++t)
+      if (t < n) atomicAdd(f.out_ss + t, sq[t]);
 }
 
 // Launches with the programmatic-serialization attribute when f.pdl (the kernel then waits on the previous one).

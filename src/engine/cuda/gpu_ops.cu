@@ -52,14 +52,18 @@ __device__ T block_sum(T v, T* shared) {
   return total;
 }
 
-__global__ void rms_norm_kernel(const float* x, const float* w, int64_t dim, float eps, float* out) {
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+
+template <class Out>  // f32, or f16 for the matrix products of more than 4 rows (to_half's rounding)
+__global__ void rms_norm_kernel(const float* x, const float* w, int64_t dim, float eps, Out* out) {
   __shared__ double part[32];
   const float* xr = x + blockIdx.x * dim;
   double ss = 0;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += double(xr[i]) * xr[i];
   ss = block_sum(ss, part);
   const float s = float(1.0 / sqrt(ss / double(dim) + double(eps)));
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[blockIdx.x * dim + i] = xr[i] * s * w[i];
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) store(out + blockIdx.x * dim + i, xr[i] * s * w[i]);
 }
 
 // One block per row; threads over (head, pair) of q and k, then v.
@@ -154,11 +158,12 @@ __global__ void append_codes_kernel(const uint8_t* codes, const int32_t* pos, co
   }
 }
 
-__global__ void swiglu_kernel(const float* gu, int64_t rows, int64_t ffn, float* act) {
+template <class Out>
+__global__ void swiglu_kernel(const float* gu, int64_t rows, int64_t ffn, Out* act) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < rows * ffn; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = e / ffn, i = e % ffn;
     const float g = gu[r * 2 * ffn + 2 * i];
-    act[e] = g / (1.0f + expf(-g)) * gu[r * 2 * ffn + 2 * i + 1];
+    store(act + e, g / (1.0f + expf(-g)) * gu[r * 2 * ffn + 2 * i + 1]);
   }
 }
 
@@ -222,6 +227,21 @@ __global__ void fill_bytes_kernel(uint8_t* p, int64_t n, uint64_t seed) {
     p[e] = uint8_t(hash32(seed, uint64_t(e)));
 }
 
+constexpr int64_t kPrefetchChunk = 8192;  // bytes per thread: 4096 threads for a 4096 x 4096 f16 matrix
+__global__ void l2_prefetch_kernel(const char* p, int64_t bytes, bool evict_last) {
+  const int64_t off = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kPrefetchChunk;
+  if (off >= bytes) return;
+  const uint32_t n = uint32_t(bytes - off < kPrefetchChunk ? bytes - off : kPrefetchChunk);
+  if (evict_last) {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(p + off), "r"(n), "l"(policy)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(n) : "memory");
+  }
+}
+
 unsigned grid_stride_blocks(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096)); }
 
 }  // namespace
@@ -234,6 +254,11 @@ void embed_rows(const __half* table, const int32_t* tokens, int64_t rows, int64_
 
 void rms_norm_rows(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out,
                    cudaStream_t s) {
+  rms_norm_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, dim, eps, out);
+}
+
+void rms_norm_rows_half(const float* x, const float* w, int64_t rows, int64_t dim, float eps, __half* out,
+                        cudaStream_t s) {
   rms_norm_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, dim, eps, out);
 }
 
@@ -276,6 +301,10 @@ void swiglu_rows(const float* gu, int64_t rows, int64_t ffn, float* act, cudaStr
   swiglu_kernel<<<grid_stride_blocks(rows * ffn), kThreads, 0, s>>>(gu, rows, ffn, act);
 }
 
+void swiglu_rows_half(const float* gu, int64_t rows, int64_t ffn, __half* act, cudaStream_t s) {
+  swiglu_kernel<<<grid_stride_blocks(rows * ffn), kThreads, 0, s>>>(gu, rows, ffn, act);
+}
+
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, cudaStream_t s) {
   argmax_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, vocab, out);
 }
@@ -294,6 +323,11 @@ void scatter_group_part(const float* part, int64_t rows, int64_t kv_heads, int64
 
 void to_half(const float* src, int64_t n, __half* dst, cudaStream_t s) {
   to_half_kernel<<<grid_stride_blocks(n), kThreads, 0, s>>>(src, n, dst);
+}
+
+void l2_prefetch(const void* p, int64_t bytes, bool evict_last, cudaStream_t s) {
+  const int64_t threads = (bytes + kPrefetchChunk - 1) / kPrefetchChunk;
+  l2_prefetch_kernel<<<unsigned((threads + 31) / 32), 32, 0, s>>>(static_cast<const char*>(p), bytes, evict_last);
 }
 
 void fill_random_half(__half* p, int64_t n, uint64_t seed, float amp, cudaStream_t s) {

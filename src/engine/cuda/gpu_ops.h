@@ -28,6 +28,9 @@ void embed_rows(const __half* table, const int32_t* tokens, int64_t rows, int64_
 // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (the CPU's order: sum of squares in double).
 void rms_norm_rows(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out,
                    cudaStream_t s);
+// The same rounded to f16 (= rms_norm_rows then to_half, in one kernel): the input of a cuBLAS product.
+void rms_norm_rows_half(const float* x, const float* w, int64_t rows, int64_t dim, float eps, __half* out,
+                        cudaStream_t s);
 
 // qkv rows [q | k | v] (f32): q rotated -> q_out [rows][n_heads][hd]; k rotated and v -> f16 into the cache at
 // (slot[r], pos[r]) of `layer`, k also to k_new [rows][kv_heads][hd] f16 (for the code encoder). Rope pairs
@@ -50,6 +53,7 @@ void append_codes(const uint8_t* codes, int64_t rows, const int32_t* pos, const 
 
 // act[r][i] = silu(gu[r][2i]) * gu[r][2i + 1] (gate and up rows interleaved, as GpuModel stores them).
 void swiglu_rows(const float* gu, int64_t rows, int64_t ffn, float* act, cudaStream_t s);
+void swiglu_rows_half(const float* gu, int64_t rows, int64_t ffn, __half* act, cudaStream_t s);  // then to_half
 
 // out[r] = argmax of logits[r] (first index of the maximum, as std::max_element).
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, cudaStream_t s);
@@ -75,8 +79,8 @@ void skinny_matmul(const __half* w, int64_t rows, int64_t cols, const float* x, 
 // s_t * norm_w[c], s_t = 1 / sqrt(norm_ss[t] / cols + eps), rms_norm_rows' arithmetic. With out_ss each stored
 // y[t][r] (after beta) adds y^2 (double) into out_ss[t] (atomics: the next RMSNorm's sum, zeroed before the step).
 // With swiglu the rows are (gate i, up i) pairs and y[t][i] = silu(gate) * up, rows / 2 columns (beta ignored).
-// With pdl the kernel is launched with programmatic stream serialization: it loads its first weights, then waits
-// for the previous kernel (and triggers its own dependents at once).
+// With pdl the kernel is launched with programmatic stream serialization: its blocks start while the previous kernel
+// ends and wait for it before any load (and trigger their own dependents at once).
 // With rope.q_out (the qkv GEMV, two rows per warp = one rope pair): rows are [q | k | v] of n_heads / kv_heads
 // heads; RoPE on q and k (rope_and_append's arithmetic), q to q_out [rows][n_heads][hd] f32, k and v in f16 into the
 // cache at (slot[t], pos[t]) of `layer`, y not written; with codes, the warp that writes a head's last pair (counted
@@ -108,6 +112,13 @@ void skinny_matmul_fused(const __half* w, int64_t rows, int64_t cols, const floa
 
 // dst = f16(src), n elements (activations for the cuBLAS path).
 void to_half(const float* src, int64_t n, __half* dst, cudaStream_t s);
+
+// Asks the L2 cache to fetch [p, p + bytes) (16-byte aligned, bytes % 16 == 0) without waiting for it: bulk
+// prefetches (cp.async.bulk.prefetch.L2, sm_90) spread over `bytes / 8 KiB` threads in 32-thread blocks, so many
+// SMs' copy engines issue them and the kernel ends as soon as they are issued. evict_last: the lines get the L2's
+// evict-last priority (else the normal one). Used while a latency-bound kernel leaves the memory bus idle, for
+// the weights the next kernel reads.
+void l2_prefetch(const void* p, int64_t bytes, bool evict_last, cudaStream_t s);
 
 // Random fills (benchmarks: random weights, random caches): values uniform in [-amp, amp] from a hash of
 // (seed, index), so runs are reproducible without host memory.

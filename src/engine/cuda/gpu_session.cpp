@@ -77,6 +77,9 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   blas_ws_ = buf_.alloc(kBlasWorkspace, "cuBLAS workspace");
 
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "cudaEventCreate");
   ADAMAS_CHECK(cublasCreate(&blas_) == CUBLAS_STATUS_SUCCESS, ErrorKind::unsupported, "cublasCreate failed");
   cublasSetStream(blas_, stream_);
   cublasSetWorkspace(blas_, blas_ws_, size_t(kBlasWorkspace));
@@ -85,6 +88,34 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   for (auto& e : done_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   ws_ = std::make_unique<cuda::Workspace>();
   setup_sparse();
+  if (opt_.cublas_lt && opt_.tune_gemm && opt_.max_batch > kSkinnyMax) tune_gemms();
+}
+
+void GpuEngine::tune_gemms() {
+  const ModelConfig& c = model_.config();
+  const int64_t n = opt_.max_batch, qd = c.q_dim(), kvd = c.kv_dim(), nl = std::min<int64_t>(c.n_layers, 4);
+  check(cudaMemsetAsync(xh_, 0, size_t(n * std::max({c.dim, c.ffn_dim, qd})) * sizeof(__half), stream_), "tune");
+  struct Shape {
+    const char* name;
+    const __half* GpuLayer::*w;
+    int64_t rows, cols;
+    float* y;
+    float beta;
+  };
+  const Shape shapes[] = {{"qkv", &GpuLayer::wqkv, qd + 2 * kvd, c.dim, qkv_, 0.0f},
+                          {"wo", &GpuLayer::wo, c.dim, qd, x_, 1.0f},
+                          {"gate/up", &GpuLayer::wgu, 2 * c.ffn_dim, c.dim, gu_, 0.0f},
+                          {"down", &GpuLayer::wdown, c.dim, c.ffn_dim, x_, 1.0f}};
+  for (const Shape& s : shapes) {
+    std::vector<const __half*> ws;
+    for (int64_t l = 0; l < nl; ++l) ws.push_back(model_.layer(l).*s.w);
+    const auto [best, first] = lt_->tune(ws.data(), int(ws.size()), s.rows, s.cols, xh_, n, s.y, s.beta, stream_);
+    gemm_tuning_ += fmt::format("{}{} {:.1f}/{:.1f}", gemm_tuning_.empty() ? "" : ", ", s.name, best, first);
+  }
+  const __half* out = model_.output();
+  const auto [best, first] = lt_->tune(&out, 1, c.vocab, c.dim, xh_, n, logits_, 0.0f, stream_);
+  gemm_tuning_ += fmt::format(", lm_head {:.1f}/{:.1f} us (tuned/heuristic)", best, first);
+  check(cudaStreamSynchronize(stream_), "tune");
 }
 
 GpuEngine::~GpuEngine() {
@@ -93,6 +124,10 @@ GpuEngine::~GpuEngine() {
     if (e) cudaGraphExecDestroy(e);
   for (auto& e : done_)
     if (e) cudaEventDestroy(e);
+  for (cudaEvent_t e : {fork_, join_})
+    if (e) cudaEventDestroy(e);
+  for (cudaEvent_t e : mark_pool_) cudaEventDestroy(e);
+  if (side_) cudaStreamDestroy(side_);
   if (h_pos_) cudaFreeHost(h_pos_);
   if (h_out_) cudaFreeHost(h_out_);
   if (blas_) cublasDestroy(blas_);
@@ -134,14 +169,14 @@ int64_t GpuEngine::length(int seq) const {
 }
 
 void GpuEngine::linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
-                       float beta, const GemvFusion& f) {
+                       float beta, const GemvFusion& f, const __half* xh) {
   const bool fused = f.norm_ss || f.out_ss || f.swiglu || f.pdl || f.rope.q_out;
   if (n <= kSkinnyMax) {
     if (fused) return skinny_matmul_fused(w, rows, cols, x, n, y, beta, f, stream_);
     return skinny_matmul(w, rows, cols, x, n, y, beta, stream_);
   }
   ADAMAS_CHECK(!fused, ErrorKind::invalid_argument, "GPU engine: GEMV fusions need <= {} rows", kSkinnyMax);
-  to_half(x, n * cols, xh_, stream_);
+  if (!xh) to_half(x, n * cols, xh_, stream_);
   if (opt_.cublas_lt && lt_->run(w, rows, cols, xh_, n, y, beta, stream_)) return;
   const float alpha = 1.0f;
   // Column-major view: y^T [rows][n] = W (stored [rows][cols] row-major = [cols][rows] column-major)^T x^T.
@@ -169,14 +204,28 @@ void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
   const ModelConfig& c = model_.config();
   AttentionConfig ac = opt_.attention;
   if (layer < opt_.dense_layers) ac.method = Method::full;
-  if (sparse_decode_layer(layer, n)) return;
-  const std::vector<SequenceCache> seqs = views(layer, cur_pos_, row_slot_.data(), n);
   const int64_t g = c.n_heads / c.n_kv_heads;
+  // kFuseL2Late: the prefetch goes between the selection and the attention (cuda::decode_attention's two parts).
+  const bool late = (opt_.fuse & kFuseL2Late) && ac.method == Method::adamas && kernels_have_group(g) &&
+                    !thr_queries_;
+  if (!late) issue_prefetch();
+  if (sparse_decode_layer(layer, n)) return issue_prefetch();
+  const std::vector<SequenceCache> seqs = views(layer, cur_pos_, row_slot_.data(), n);
   if (kernels_have_group(g)) {
     cuda::BatchInputs in;
     in.q = q_, in.n_heads = c.n_heads, in.seqs = seqs;
+    const bool dense = std::all_of(seqs.begin(), seqs.end(), [&](const SequenceCache& s) {
+      return s.k.tokens <= ac.budget;  // cuda::decode_attention's test
+    });
+    if (late && !dense) {
+      cuda::select(in, ac, *ws_, stream_);
+      issue_prefetch();
+      return cuda::attend_selected(in, ac, *ws_, 1.0f / std::sqrt(float(c.head_dim)), att_, stream_);
+    }
+    issue_prefetch();
     return cuda::decode_attention(in, ac, *ws_, att_, stream_);
   }
+  issue_prefetch();
   // Groups the kernels lack (SmolLM2: 3): one call per position j in the group, each of group 1.
   for (int64_t j = 0; j < g; ++j) {
     gather_group_part(q_, n, c.n_kv_heads, g, j, c.head_dim, qpart_, stream_);
@@ -196,7 +245,16 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
   const bool frope = (opt_.fuse & kFuseRope) && !quest_.min && !thr_keys_, pdl = skinny && (opt_.fuse & kFusePdl);
   const bool frope_gemv = frope && skinny && (opt_.fuse & kFuseRopeGemv);
   // Fused norms: the GEMV reads the residual x_ with the sum of squares in ss_ (2l: attention, 2l + 1: FFN, 2L: out).
-  auto norm_in = [&](const float* norm_w, int64_t k, int64_t first, int64_t rows, GemvFusion& f) -> const float* {
+  // kFuseHalf, more than kSkinnyMax rows: the norm writes the f16 input of the cuBLAS product into xh_ (*xh set).
+  const bool fhalf = opt_.fuse & kFuseHalf;
+  auto norm_in = [&](const float* norm_w, int64_t k, int64_t first, int64_t rows, GemvFusion& f,
+                     const __half** xh) -> const float* {
+    *xh = nullptr;
+    if (fhalf && rows > kSkinnyMax) {
+      rms_norm_rows_half(x_ + first * dim, norm_w, rows, dim, c.norm_eps, xh_, stream_);
+      *xh = xh_;
+      return hn_;  // not read
+    }
     if (!fnorm) {
       rms_norm_rows(x_ + first * dim, norm_w, rows, dim, c.norm_eps, hn_, stream_);
       return hn_;
@@ -207,6 +265,9 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
   auto sums = [&](int64_t k) { return fnorm ? ss_ + k * n : nullptr; };
   if (fnorm) check(cudaMemsetAsync(ss_, 0, size_t((2 * L + 1) * n) * 8, stream_), "norm sums");
   embed_rows(model_.embedding(), d_tok_, n, dim, x_, stream_, sums(0));
+  phase("embed");
+  // Sparse layers leave the memory bus mostly idle during selection and attention: wo's weights go to L2 then.
+  const bool l2 = decode && (opt_.fuse & kFuseL2) && opt_.attention.method != Method::full;
   for (int64_t l = 0; l < L; ++l) {
     const GpuLayer& w = model_.layer(l);
     GemvFusion fq{.pdl = pdl};
@@ -215,7 +276,10 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
                          .n_heads = c.n_heads, .layer = l, .pos = d_pos_, .slot = d_slot_, .cache = cache_,
                          .thresholds = d_thr_, .scale = 1.0f / std::sqrt(float(c.head_dim)),
                          .counters = rope_counters_};
-    linear(w.wqkv, qd + 2 * kvd, dim, norm_in(w.attn_norm, 2 * l, 0, n, fq), n, qkv_, 0.0f, fq);
+    const __half* xh = nullptr;
+    const float* hq = norm_in(w.attn_norm, 2 * l, 0, n, fq, &xh);
+    linear(w.wqkv, qd + 2 * kvd, dim, hq, n, qkv_, 0.0f, fq, xh);
+    phase("qkv");
     if (frope_gemv) {
       // done by the qkv GEMV
     } else if (frope) {
@@ -232,26 +296,82 @@ void GpuEngine::forward(int64_t n, bool decode, int seq, int64_t p0) {
         append_codes(codes_new_, n, d_pos_, d_slot_, cache_, l, stream_);
       }
     }
+    phase("rope/append");
+    if (l2 && l >= opt_.dense_layers) prefetch_ = {w.wo, dim * qd * int64_t(sizeof(__half))};
     if (decode) decode_attention_layer(l, n);
     else prefill_attention(q_, n, p0, c.n_heads, cache_, l, seq, att_, stream_);
+    phase(l < opt_.dense_layers || opt_.attention.method == Method::full ? "attention (dense)" : "attention (sparse)");
     linear(w.wo, dim, qd, att_, n, x_, 1.0f, GemvFusion{.out_ss = sums(2 * l + 1), .pdl = pdl});
+    phase("wo");
     GemvFusion fg{.swiglu = fswiglu, .pdl = pdl};
-    const float* h = norm_in(w.ffn_norm, 2 * l + 1, 0, n, fg);
+    const float* h = norm_in(w.ffn_norm, 2 * l + 1, 0, n, fg, &xh);
+    const __half* acth = nullptr;
     if (fswiglu) {
       linear(w.wgu, 2 * ffn, dim, h, n, act_, 0.0f, fg);
     } else {
-      linear(w.wgu, 2 * ffn, dim, h, n, gu_, 0.0f, fg);
-      swiglu_rows(gu_, n, ffn, act_, stream_);
+      linear(w.wgu, 2 * ffn, dim, h, n, gu_, 0.0f, fg, xh);
+      if (fhalf && n > kSkinnyMax) swiglu_rows_half(gu_, n, ffn, xh_, stream_), acth = xh_;
+      else swiglu_rows(gu_, n, ffn, act_, stream_);
     }
-    linear(w.wdown, dim, ffn, act_, n, x_, 1.0f, GemvFusion{.out_ss = sums(2 * l + 2), .pdl = pdl});
+    phase("gate/up");
+    linear(w.wdown, dim, ffn, act_, n, x_, 1.0f, GemvFusion{.out_ss = sums(2 * l + 2), .pdl = pdl}, acth);
+    phase("down");
   }
   // Logits of every row of a step, of the last row of a prefill chunk; next tokens into d_tok_ (the next input).
   const int64_t first = decode ? 0 : n - 1, rows = n - first;
   GemvFusion fl{.pdl = pdl};
-  linear(model_.output(), c.vocab, dim, norm_in(model_.output_norm(), 2 * L, first, rows, fl), rows, logits_, 0.0f,
-         fl);
+  const __half* xh = nullptr;
+  const float* hl = norm_in(model_.output_norm(), 2 * L, first, rows, fl, &xh);
+  linear(model_.output(), c.vocab, dim, hl, rows, logits_, 0.0f, fl, xh);
+  phase("lm_head");
+  join_side();
   pick_tokens(rows);
+  phase("sampling");
   last_rows_ = rows;
+}
+
+void GpuEngine::prefetch_to_l2(const void* p, int64_t bytes) {
+  check(cudaEventRecord(fork_, stream_), "prefetch fork");
+  check(cudaStreamWaitEvent(side_, fork_), "prefetch fork");
+  l2_prefetch(p, bytes, opt_.fuse & kFuseL2Last, side_);
+  side_pending_ = true;
+}
+
+void GpuEngine::issue_prefetch() {
+  if (prefetch_.p) prefetch_to_l2(prefetch_.p, prefetch_.bytes);
+  prefetch_ = {};
+}
+
+void GpuEngine::join_side(bool checked) {
+  if (!side_pending_) return;
+  side_pending_ = false;
+  const cudaError_t a = cudaEventRecord(join_, side_), b = cudaStreamWaitEvent(stream_, join_);
+  if (checked) check(a, "prefetch join"), check(b, "prefetch join");
+}
+
+void GpuEngine::phase(const char* name) {
+  if (!opt_.profile) return;
+  if (marks_.size() == mark_pool_.size()) {
+    cudaEvent_t e = nullptr;
+    check(cudaEventCreate(&e), "cudaEventCreate");
+    mark_pool_.push_back(e);
+  }
+  cudaEvent_t e = mark_pool_[marks_.size()];
+  check(cudaEventRecord(e, stream_), "profile event");
+  marks_.emplace_back(name, e);
+}
+
+void GpuEngine::collect_profile() {
+  check(cudaStreamSynchronize(stream_), "profile");
+  for (size_t i = 1; i < marks_.size(); ++i) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second), "profile");
+    auto it = std::find_if(profile_.ms.begin(), profile_.ms.end(), [&](const auto& p) { return p.first == marks_[i].first; });
+    if (it == profile_.ms.end()) profile_.ms.emplace_back(marks_[i].first, double(ms));
+    else it->second += ms;
+  }
+  marks_.clear();
+  ++profile_.steps;
 }
 
 int32_t GpuEngine::prefill(int seq, std::span<const int32_t> tokens) {
@@ -290,15 +410,18 @@ void GpuEngine::enqueue_step(int64_t step, int64_t batch) {
   cur_pos_ = h_pos_ + step * batch;
   use_draws(draws_->greedy() ? nullptr : draws_->step(step));
   check(cudaMemcpyAsync(d_pos_, cur_pos_, size_t(batch) * 4, cudaMemcpyHostToDevice, stream_), "step positions");
+  marks_.clear();  // a prefill's marks are not counted
+  phase("start");
   forward(batch, true, -1, 0);
   check(cudaMemcpyAsync(h_out_ + step * batch, d_tok_, size_t(batch) * 4, cudaMemcpyDeviceToHost, stream_),
         "step tokens");
 }
 
 void GpuEngine::run_step(int64_t step, int64_t batch) {
-  if (!opt_.cuda_graph) {
+  if (!opt_.cuda_graph || opt_.profile) {
     enqueue_step(step, batch);
     ++eager_steps_;
+    if (opt_.profile) collect_profile();
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -308,6 +431,8 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
     enqueue_step(step, batch);
   } catch (const Error&) {
     // A workspace that had to grow (allocation, synchronisation) cannot be captured: run this step directly.
+    join_side(false);  // the capture may be invalid already: errors ignored, the side stream rejoined regardless
+    prefetch_ = {};
     cudaStreamEndCapture(stream_, &graph);
     if (graph) cudaGraphDestroy(graph);
     (void)cudaGetLastError();

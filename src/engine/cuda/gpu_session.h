@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -42,7 +43,15 @@ using cuda::SequenceCache;
 // the residual), SwiGLU in the gate/up GEMV's epilogue, RoPE + cache append + key codes in one kernel (any row
 // count), programmatic dependent launch of the GEMVs (weights loaded while the previous kernel ends), and (with
 // kFuseRope) RoPE + append + codes moved into the qkv GEMV's epilogue (kFuseRopeGemv).
-enum : unsigned { kFuseNorm = 1, kFuseSwiglu = 2, kFuseRope = 4, kFusePdl = 8, kFuseRopeGemv = 16, kFuseAll = 31 };
+// kFuseL2: in decode steps of sparse layers, the output projection's weights are prefetched into L2 on a side stream
+// while the (latency-bound) selection and attention run, so the wo GEMV reads them from L2; kFuseL2Late starts the
+// prefetch after the selection instead of with it, kFuseL2Last gives the lines L2's evict-last priority (variants
+// for A/B runs; kFuseL2 measured slower, so not in kFuseAll). kFuseHalf (more than 4 rows: cuBLAS products with f16 inputs): RMSNorm and
+// SwiGLU write f16 directly instead of f32 then a to_half kernel.
+enum : unsigned {
+  kFuseNorm = 1, kFuseSwiglu = 2, kFuseRope = 4, kFusePdl = 8, kFuseRopeGemv = 16, kFuseL2 = 32, kFuseHalf = 64,
+  kFuseAll = 95, kFuseL2Late = 128, kFuseL2Last = 256, kFuseBits = 511
+};
 
 struct GpuEngineOptions {
   int64_t context = 4096;   // tokens per sequence slot
@@ -55,12 +64,24 @@ struct GpuEngineOptions {
   // reused after they finish. false: one cudaMalloc of max_batch x context up front.
   bool paged = true;
   bool cublas_lt = true;  // > 4 rows through cuBLASLt (false: cublasGemmEx; also its fallback for shapes Lt lacks)
+  // max_batch > 4: the decode step's cuBLASLt products at n = max_batch timed at construction over the heuristic's
+  // candidates, the fastest kept (LtGemm::tune).
+  bool tune_gemm = true;
   int64_t cache_budget_bytes = 0;  // paged: cap on the cache's physical memory (0: whatever the GPU has)
   unsigned fuse = kFuseAll;
   // Adamas: per sequence, per (layer, KV head) key and (layer, query head) query thresholds from the quartiles of the
   // first prefill chunk's rotated keys/queries, as EngineOptions::calibrate_thresholds (a sequence must prefill first).
   bool calibrate_thresholds = false;
   SamplerConfig sampler;  // temperature 0: greedy; else the CPU Sampler's algorithm, one generator per sequence
+  // Benchmarks: steps run eagerly with a CUDA event after each phase of the forward (GEMVs, attention, ...), and
+  // profile() sums the GPU time per phase. The events break PDL overlap: the sum exceeds a graph step's time.
+  bool profile = false;
+};
+
+// GPU milliseconds per phase of the decode steps run so far (GpuEngineOptions::profile), and the steps counted.
+struct PhaseProfile {
+  std::vector<std::pair<std::string, double>> ms;  // in the order the phases first ran
+  int64_t steps = 0;
 };
 
 class GpuEngine {
@@ -100,10 +121,13 @@ class GpuEngine {
   int64_t gemm_lt_calls() const { return lt_->calls(); }  // products of > 4 rows that ran through cuBLASLt
   // Host time spent enqueuing (capturing, updating and launching) graph steps, per step, in microseconds.
   double host_us_per_step() const { return graph_steps_ ? host_us_ / double(graph_steps_) : 0.0; }
+  const PhaseProfile& profile() const { return profile_; }
+  const std::string& gemm_tuning() const { return gemm_tuning_; }  // "name chosen/heuristic us, ..." (tune_gemm)
 
  private:
+  // More than kSkinnyMax rows: x is rounded to f16 first, unless `xh` holds it already (kFuseHalf).
   void linear(const __half* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y, float beta,
-              const GemvFusion& f = {});
+              const GemvFusion& f = {}, const __half* xh = nullptr);
   void forward(int64_t n, bool decode, int seq, int64_t p0);  // rows' tokens/pos/slot already in d_tok_/d_pos_/d_slot_
   void decode_attention_layer(int64_t layer, int64_t n);
   void enqueue_step(int64_t step, int64_t batch);
@@ -119,6 +143,11 @@ class GpuEngine {
   void prepare_steps(std::span<const int> seqs, int64_t steps);  // generate(): checks, sampling draws
   void use_draws(const double* host_draws) { cur_draws_ = host_draws; }  // null: greedy
   void pick_tokens(int64_t rows);  // logits_ -> d_tok_
+  void prefetch_to_l2(const void* p, int64_t bytes);  // on side_, after the work enqueued so far on stream_
+  void issue_prefetch();  // the layer's pending prefetch (prefetch_), if any
+  void join_side(bool checked = true);  // stream_ waits for side_'s prefetches (before a step ends)
+  void phase(const char* name);                      // profile: an event closing phase `name`
+  void collect_profile();                            // profile: after the step's events, adds their times
 
   const GpuModel& model_;
   GpuEngineOptions opt_;
@@ -127,6 +156,18 @@ class GpuEngine {
   std::unique_ptr<PagedCache> paged_;
   std::vector<int64_t> len_;  // tokens per slot, -1 when free
   cudaStream_t stream_ = nullptr;
+  cudaStream_t side_ = nullptr;  // L2 prefetches (kFuseL2), forked from and joined to stream_ within a step
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  bool side_pending_ = false;
+  struct {
+    const void* p = nullptr;
+    int64_t bytes = 0;
+  } prefetch_;  // set by forward() for decode_attention_layer, which issues it with or after the selection
+  std::vector<std::pair<const char*, cudaEvent_t>> marks_;  // profile: this step's phase events, in order
+  std::vector<cudaEvent_t> mark_pool_;
+  PhaseProfile profile_;
+  std::string gemm_tuning_;
+  void tune_gemms();
   cublasHandle_t blas_ = nullptr;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<cuda::Workspace> ws_;
