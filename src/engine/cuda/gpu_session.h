@@ -122,7 +122,8 @@ class GpuEngine {
   // Host time spent enqueuing (capturing, updating and launching) graph steps, per step, in microseconds.
   double host_us_per_step() const { return graph_steps_ ? host_us_ / double(graph_steps_) : 0.0; }
   const PhaseProfile& profile() const { return profile_; }
-  const std::string& gemm_tuning() const { return gemm_tuning_; }  // "name chosen/heuristic us, ..." (tune_gemm)
+  // "name chosen/heuristic us, ..." (tune_gemm); 0.0/0.0 for a shape tuned earlier in the process.
+  const std::string& gemm_tuning() const { return gemm_tuning_; }
 
  private:
   // More than kSkinnyMax rows: x is rounded to f16 first, unless `xh` holds it already (kFuseHalf).
