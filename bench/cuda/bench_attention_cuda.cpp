@@ -7,7 +7,9 @@
 // bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]
 //   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all] [--no-dense] [--dense-only] [--probe]
 // --dense-only: dense rows only, our default dense kernel (v7: the tensor-core group kernel) beside v6's kernel
-// (ADAMAS_CUDA_DENSE=v6) and PyTorch SDPA, each with GB/s and % of the copy bandwidth of the same run.
+// (ADAMAS_CUDA_DENSE=v6) and PyTorch SDPA, each with GB/s and % of the copy bandwidth of the same run;
+// --dense-variants "A=1,B=2;C=3": one more row per variant (environment settings of the dense kernel, e.g. the
+// ADAMAS_CUDA_DENSE_* launch knobs of dense_group.cu), timed in the same run.
 // --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
 // in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch.
 #include <cuda_runtime.h>
@@ -138,6 +140,7 @@ int main(int argc, char** argv) {
   std::string flush_mode = "read";
   std::string shapes_sel = "all";
   std::vector<int64_t> ctx_sel, budget_sel, batch_sel;
+  std::vector<std::string> dense_variants;
   bool no_dense = false, probe = false, dense_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -152,6 +155,14 @@ int main(int argc, char** argv) {
     else if (a == "--shapes" && i + 1 < argc) shapes_sel = argv[++i];
     else if (a == "--no-dense") no_dense = true;
     else if (a == "--dense-only") dense_only = true;
+    else if (a == "--dense-variants" && i + 1 < argc) {
+      const std::string list = argv[++i];
+      for (size_t b = 0; b <= list.size();) {
+        const size_t e = std::min(list.find(';', b), list.size());
+        if (e > b) dense_variants.push_back(list.substr(b, e - b));
+        b = e + 1;
+      }
+    }
     else if (a == "--probe") probe = true;
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
@@ -331,6 +342,20 @@ int main(int argc, char** argv) {
                       sd / dense);
         table.push_back(line);
         std::printf("%s\n", line);
+        for (const std::string& var : dense_variants) {  // "A=1,B=2": set, time, unset
+          std::vector<std::string> names;
+          for (size_t b0 = 0; b0 < var.size();) {
+            const size_t e = std::min(var.find(',', b0), var.size()), eq = var.find('=', b0);
+            if (eq < e) names.push_back(var.substr(b0, eq - b0)), setenv(names.back().c_str(), var.substr(eq + 1, e - eq - 1).c_str(), 1);
+            b0 = e + 1;
+          }
+          const double us = timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
+          for (const auto& nm : names) unsetenv(nm.c_str());
+          std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% | variant %s", s.name, (long long)B,
+                        (long long)n, us, kv_bytes / (us * 1e3), pct(us), var.c_str());
+          table.push_back(line);
+          std::printf("%s\n", line);
+        }
         std::fflush(stdout);
         if (jf)
           std::fprintf(jf,

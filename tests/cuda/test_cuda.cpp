@@ -419,26 +419,39 @@ std::vector<AttnCase> dense_cases() {
   return v;
 }
 
-// Dense paths (ADAMAS_CUDA_DENSE): unset = the group kernel where it covers the shape, else v6; v6 = v6's kernel.
+// Dense paths: "" = the group kernel where it covers the shape, else v6; "ADAMAS_CUDA_DENSE=v6" = v6's kernel; the
+// others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas.
 class DensePathEnv {
  public:
-  explicit DensePathEnv(const char* v) {
-    if (v[0]) setenv("ADAMAS_CUDA_DENSE", v, 1);
-    else unsetenv("ADAMAS_CUDA_DENSE");
+  explicit DensePathEnv(const std::string& settings) {
+    for (size_t b = 0; b < settings.size();) {
+      const size_t e = std::min(settings.find(',', b), settings.size()), eq = settings.find('=', b);
+      names_.push_back(settings.substr(b, eq - b));
+      setenv(names_.back().c_str(), settings.substr(eq + 1, e - eq - 1).c_str(), 1);
+      b = e + 1;
+    }
   }
-  ~DensePathEnv() { unsetenv("ADAMAS_CUDA_DENSE"); }
+  ~DensePathEnv() {
+    for (const auto& n : names_) unsetenv(n.c_str());
+  }
+
+ private:
+  std::vector<std::string> names_;
 };
 
 TEST(CudaAttend, DenseMatchesCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
   cuda::Workspace ws;
-  for (const char* path : {"", "v6"}) {
+  for (const std::string path : {"", "ADAMAS_CUDA_DENSE=v6",
+                                 "ADAMAS_CUDA_DENSE_ORDER=unit,ADAMAS_CUDA_DENSE_WARPS=contig,ADAMAS_CUDA_DENSE_SPLIT=5",
+                                 "ADAMAS_CUDA_DENSE_OCC=1"}) {
     const DensePathEnv env(path);
+    const bool v6 = path == "ADAMAS_CUDA_DENSE=v6";
     for (const auto& ac : dense_cases()) {
       const int g = ac.c.n_heads / ac.c.kv_heads;
-      if (path[0] && g != 1 && g != 2 && g != 4 && g != 8) continue;  // v6 takes groups 1, 2, 4, 8
-      SCOPED_TRACE(std::string(ac.name) + (path[0] ? " (v6 kernel)" : ""));
+      if (v6 && g != 1 && g != 2 && g != 4 && g != 8) continue;  // v6 takes groups 1, 2, 4, 8
+      SCOPED_TRACE(std::string(ac.name) + " " + path);
       Batch bt(ac.c, rng, Thresholds{});
       const int64_t D = ac.c.dim, H = ac.c.n_heads, B = int64_t(ac.c.lens.size());
       const float scale = 1.0f / std::sqrt(float(D));

@@ -37,6 +37,8 @@ struct DenseGroupParams {
   int n_heads, group;
   float qscale;  // scale * log2(e): scores in base-2 exponent units
   int chunk, max_chunks, units;
+  int unit_major;   // grid x runs over the KV heads (else over the chunks)
+  int warp_contig;  // each warp takes a contiguous quarter of the block's tiles (else tiles warp, warp + 4, ...)
   float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
   float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
   uint32_t* done;  // [batch][units], zero between launches
@@ -124,7 +126,8 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   __shared__ float s_m[kWarps][kMaxRows], s_l[kWarps][kMaxRows], s_M[kMaxRows], s_L[kMaxRows];
   __shared__ int s_last;
 
-  const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
+  const int b = blockIdx.z, unit = p.unit_major ? blockIdx.x : blockIdx.y,
+            chunk = p.unit_major ? blockIdx.y : blockIdx.x;
   const SeqDesc& sq = p.bd.seq[b];
   const int64_t n = sq.n;
   const int nchunks = int((n + p.chunk - 1) / p.chunk);
@@ -135,11 +138,16 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   const T* K = static_cast<const T*>(sq.k) + unit * sq.k_head;
   const T* V = static_cast<const T*>(sq.v) + unit * sq.v_head;
 
-  // This warp's tiles: i-th = block tile warp + kWarps * i (the block's 4 warps stream neighbouring tiles).
+  // This warp's tiles: i-th = block tile warp + kWarps * i (the block's 4 warps stream neighbouring tiles), or with
+  // warp_contig the i-th of its own quarter.
   const int tiles = int((r_end - r_begin + KS - 1) / KS);
-  const int my_tiles = warp < tiles ? (tiles - warp + kWarps - 1) / kWarps : 0;
+  const int quarter = (tiles + kWarps - 1) / kWarps;
+  const int my_tiles = p.warp_contig ? max(0, min(quarter, tiles - warp * quarter))
+                                     : warp < tiles ? (tiles - warp + kWarps - 1) / kWarps : 0;
   T* wbuf = reinterpret_cast<T*>(dsm) + size_t(warp) * kStages * 2 * TILE;
-  auto tile_key0 = [&](int i) { return r_begin + int64_t(warp + kWarps * i) * KS; };
+  auto tile_key0 = [&](int i) {
+    return r_begin + int64_t(p.warp_contig ? warp * quarter + i : warp + kWarps * i) * KS;
+  };
   auto issue = [&](int i) {
     T* kd = wbuf + (i % kStages) * 2 * TILE;
     T* vd = kd + TILE;
@@ -318,34 +326,57 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   if (tid == 0) *done = 0;
 }
 
+// Launch-shape knobs (environment, read per call; for A/B runs of the benchmark and the tests):
+// ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head) instead of one wave; ADAMAS_CUDA_DENSE_ORDER=unit grid x
+// over the KV heads; ADAMAS_CUDA_DENSE_WARPS=contig contiguous tiles per warp; ADAMAS_CUDA_DENSE_OCC=1 one block
+// per SM (the block asks for the whole shared memory).
+struct Knobs {
+  int split = 0, unit_major = 0, warp_contig = 0, one_per_sm = 0;
+};
+Knobs read_knobs() {
+  Knobs k;
+  auto get = [](const char* name) { const char* e = std::getenv(name); return e ? e : ""; };
+  k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT"));
+  k.unit_major = std::strcmp(get("ADAMAS_CUDA_DENSE_ORDER"), "unit") == 0;
+  k.warp_contig = std::strcmp(get("ADAMAS_CUDA_DENSE_WARPS"), "contig") == 0;
+  k.one_per_sm = std::strcmp(get("ADAMAS_CUDA_DENSE_OCC"), "1") == 0;
+  return k;
+}
+constexpr size_t kWholeSmem = 200 * 1024;  // more than half of an SM's shared memory: one block per SM
+
+template <int D, class T>
+size_t launch_smem(bool one_per_sm) { return one_per_sm ? kWholeSmem : group_smem<D, T>(); }
+
 // Blocks of dense_group_kernel<D, T> resident per multiprocessor (sets its shared-memory attribute once).
 template <int D, class T>
-int group_blocks_per_sm() {
-  static std::atomic<int> cached{0};
-  int v = cached.load();
+int group_blocks_per_sm(bool one_per_sm) {
+  static std::atomic<int> cached[2] = {0, 0};
+  int v = cached[one_per_sm].load();
   if (v == 0) {
-    const size_t smem = group_smem<D, T>();
-    check_cuda(cudaFuncSetAttribute(dense_group_kernel<D, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+    check_cuda(cudaFuncSetAttribute(dense_group_kernel<D, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kWholeSmem)),
                "dense group smem attribute");
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, dense_group_kernel<D, T>, kThreads, smem),
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, dense_group_kernel<D, T>, kThreads,
+                                                             launch_smem<D, T>(one_per_sm)),
                "dense group occupancy");
     v = std::max(v, 1);
-    cached = v;
+    cached[one_per_sm] = v;
   }
   return v;
 }
 
 template <int D, class T>
-void launch_dt(const DenseGroupParams& p, dim3 grid, cudaStream_t stream) {
-  group_blocks_per_sm<D, T>();
-  dense_group_kernel<D, T><<<grid, kThreads, group_smem<D, T>(), stream>>>(p);
+void launch_dt(const DenseGroupParams& p, dim3 grid, bool one_per_sm, cudaStream_t stream) {
+  group_blocks_per_sm<D, T>(one_per_sm);
+  dense_group_kernel<D, T><<<grid, kThreads, launch_smem<D, T>(one_per_sm), stream>>>(p);
   launch_check("dense group attention kernel launch");
 }
 
-int occupancy(int D, DType dt) {
+int occupancy(int D, DType dt, bool one_per_sm) {
   const bool h = dt == DType::f16;
-  if (D == 64) return h ? group_blocks_per_sm<64, __half>() : group_blocks_per_sm<64, __nv_bfloat16>();
-  return h ? group_blocks_per_sm<128, __half>() : group_blocks_per_sm<128, __nv_bfloat16>();
+  if (D == 64)
+    return h ? group_blocks_per_sm<64, __half>(one_per_sm) : group_blocks_per_sm<64, __nv_bfloat16>(one_per_sm);
+  return h ? group_blocks_per_sm<128, __half>(one_per_sm) : group_blocks_per_sm<128, __nv_bfloat16>(one_per_sm);
 }
 
 }  // namespace
@@ -371,8 +402,9 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
   // One wave: blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch; chunks of at
   // least 64 rows (one tile per warp at d = 128).
-  const int64_t slots = int64_t(occupancy(D, k0.dtype)) * Sx.sms;
-  const int64_t per_unit = std::clamp<int64_t>(slots / std::min<int64_t>(batch, kMaxBatch) / kvh, 1, 256);
+  const Knobs kn = read_knobs();
+  const int64_t slots = int64_t(occupancy(D, k0.dtype, kn.one_per_sm)) * Sx.sms;
+  const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : slots / std::min<int64_t>(batch, kMaxBatch) / kvh, 1, 256);
   const int64_t chunk = std::max<int64_t>(64, (rows_max + per_unit - 1) / per_unit);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
@@ -386,20 +418,25 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     p.n_heads = n_heads, p.group = G;
     p.qscale = scale * 1.4426950408889634f;
     p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = kvh;
+    p.unit_major = kn.unit_major, p.warp_contig = kn.warp_contig;
     p.part = Sx.part + b0 * n_heads * max_chunks * D;
     p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
     p.done = Sx.done + b0 * kvh;
     p.out = out + b0 * n_heads * D;
-    const dim3 grid(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
+    const dim3 grid = kn.unit_major ? dim3(unsigned(kvh), unsigned(max_chunks), unsigned(p.bd.batch))
+                                    : dim3(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
     if (launch_verbose()) {
       char line[256];
-      std::snprintf(line, sizeof line, "[adamas] attend dense group (v7) D=%d G=%d: grid %ux%ux%u, chunk %lld rows\n",
-                    D, G, grid.x, grid.y, grid.z, (long long)chunk);
+      std::snprintf(line, sizeof line, "[adamas] attend dense group (v7) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
+                    "order %s, warps %s, %d per SM\n", D, G, grid.x, grid.y, grid.z, (long long)chunk,
+                    kn.unit_major ? "unit" : "chunk", kn.warp_contig ? "contig" : "interleaved",
+                    occupancy(D, k0.dtype, kn.one_per_sm));
       verbose_print(line);
     }
     const bool h = k0.dtype == DType::f16;
-    if (D == 64) h ? launch_dt<64, __half>(p, grid, stream) : launch_dt<64, __nv_bfloat16>(p, grid, stream);
-    else h ? launch_dt<128, __half>(p, grid, stream) : launch_dt<128, __nv_bfloat16>(p, grid, stream);
+    const bool o = kn.one_per_sm;
+    if (D == 64) h ? launch_dt<64, __half>(p, grid, o, stream) : launch_dt<64, __nv_bfloat16>(p, grid, o, stream);
+    else h ? launch_dt<128, __half>(p, grid, o, stream) : launch_dt<128, __nv_bfloat16>(p, grid, o, stream);
   }
 }
 
