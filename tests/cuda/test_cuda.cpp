@@ -443,9 +443,8 @@ TEST(CudaAttend, DenseMatchesCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
   cuda::Workspace ws;
-  for (const std::string path : {"", "ADAMAS_CUDA_DENSE=v6",
-                                 "ADAMAS_CUDA_DENSE_ORDER=unit,ADAMAS_CUDA_DENSE_WARPS=contig,ADAMAS_CUDA_DENSE_SPLIT=5",
-                                 "ADAMAS_CUDA_DENSE_OCC=1"}) {
+  for (const std::string path : {"", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
+                                 "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=1", "ADAMAS_CUDA_DENSE_SPLIT=40"}) {
     const DensePathEnv env(path);
     const bool v6 = path == "ADAMAS_CUDA_DENSE=v6";
     for (const auto& ac : dense_cases()) {

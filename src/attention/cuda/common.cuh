@@ -293,13 +293,13 @@ __device__ void merge_partials(const float* ml, const float* acc, int C, int ldc
 }
 
 // v7: the same merge for a run-time number of heads nh (1..8) and kT threads, in one pass of independent loads: each
-// thread folds its share of the chunks online (max, weight sum and 4 columns, batches of 8 chunks in flight), then
-// the S threads of a column quad combine by shuffles. merge_partials needs the heads' max before any column (two
-// dependent L2 round trips and a block barrier first).
+// thread folds its share of the chunks online (max, weight sum and 4 columns, batches of 16 chunks in flight: 33
+// chunks in 3 round trips at S = 1), then the S threads of a column quad combine by shuffles. merge_partials needs
+// the heads' max before any column (two dependent L2 round trips and a block barrier first).
 template <int D, int kT>
 __device__ void merge_partials_online(const float* ml, const float* acc, int C, int ldc, int nh, float* out) {
   static_assert(kT % 32 == 0, "whole warps");
-  constexpr int kBatch = 8;
+  constexpr int kBatch = 16;
   const int Q = nh * D / 4;  // column quads (a multiple of 16)
   int S = 1;                 // threads per quad: a power of two <= 16, neighbouring lanes of one warp
   while (S < 16 && Q * S * 2 <= kT) S *= 2;

@@ -37,8 +37,7 @@ struct DenseGroupParams {
   int n_heads, group;
   float qscale;  // scale * log2(e): scores in base-2 exponent units
   int chunk, max_chunks, units;
-  int unit_major;   // grid x runs over the KV heads (else over the chunks)
-  int warp_contig;  // each warp takes a contiguous quarter of the block's tiles (else tiles warp, warp + 4, ...)
+  int strided;  // the blocks of a unit take pieces of kWarps tiles round robin (else contiguous chunks of rows)
   float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
   float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
   uint32_t* done;  // [batch][units], zero between launches
@@ -126,28 +125,28 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   __shared__ float s_m[kWarps][kMaxRows], s_l[kWarps][kMaxRows], s_M[kMaxRows], s_L[kMaxRows];
   __shared__ int s_last;
 
-  const int b = blockIdx.z, unit = p.unit_major ? blockIdx.x : blockIdx.y,
-            chunk = p.unit_major ? blockIdx.y : blockIdx.x;
+  const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
   const SeqDesc& sq = p.bd.seq[b];
   const int64_t n = sq.n;
-  const int nchunks = int((n + p.chunk - 1) / p.chunk);
+  const int nchunks = int((n + p.chunk - 1) / p.chunk);  // blocks of this (sequence, KV head)
   if (chunk >= nchunks) return;
-  const int64_t r_begin = int64_t(chunk) * p.chunk, r_end = min(n, r_begin + p.chunk);
+  const int64_t r_begin = p.strided ? 0 : int64_t(chunk) * p.chunk, r_end = p.strided ? n : min(n, r_begin + p.chunk);
   const int G = p.group, qh0 = unit * G;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const T* K = static_cast<const T*>(sq.k) + unit * sq.k_head;
   const T* V = static_cast<const T*>(sq.v) + unit * sq.v_head;
 
-  // This warp's tiles: i-th = block tile warp + kWarps * i (the block's 4 warps stream neighbouring tiles), or with
-  // warp_contig the i-th of its own quarter.
+  // This warp's tiles (the block's 4 warps always stream neighbouring tiles). Strided (v7 default): the unit's tiles
+  // in pieces of kWarps, block c of P taking pieces c, c + P, ..., so the P blocks of a unit read one contiguous
+  // window that advances like a copy kernel's (measured: contiguous chunks per block, 256 KB to 1 MB apart at GQA
+  // batch 1, lost up to 25% of the bandwidth); the host makes the chunk at least one piece, so every block has rows.
+  // Chunks: rows [c chunk, (c + 1) chunk) per block, tile warp + kWarps i of the chunk.
   const int tiles = int((r_end - r_begin + KS - 1) / KS);
-  const int quarter = (tiles + kWarps - 1) / kWarps;
-  const int my_tiles = p.warp_contig ? max(0, min(quarter, tiles - warp * quarter))
-                                     : warp < tiles ? (tiles - warp + kWarps - 1) / kWarps : 0;
+  const int first = p.strided ? chunk * kWarps + warp : warp;
+  const int step = p.strided ? kWarps * nchunks : kWarps;
+  const int my_tiles = first < tiles ? (tiles - first + step - 1) / step : 0;
   T* wbuf = reinterpret_cast<T*>(dsm) + size_t(warp) * kStages * 2 * TILE;
-  auto tile_key0 = [&](int i) {
-    return r_begin + int64_t(p.warp_contig ? warp * quarter + i : warp + kWarps * i) * KS;
-  };
+  auto tile_key0 = [&](int i) { return r_begin + int64_t(first + step * i) * KS; };
   auto issue = [&](int i) {
     T* kd = wbuf + (i % kStages) * 2 * TILE;
     T* vd = kd + TILE;
@@ -327,18 +326,17 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
 }
 
 // Launch-shape knobs (environment, read per call; for A/B runs of the benchmark and the tests):
-// ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head) instead of one wave; ADAMAS_CUDA_DENSE_ORDER=unit grid x
-// over the KV heads; ADAMAS_CUDA_DENSE_WARPS=contig contiguous tiles per warp; ADAMAS_CUDA_DENSE_OCC=1 one block
-// per SM (the block asks for the whole shared memory).
+// ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head) instead of the default rule; ADAMAS_CUDA_DENSE_LAYOUT=chunks
+// contiguous chunks of rows per block (run 1-2 layout); ADAMAS_CUDA_DENSE_OCC=1 one block per SM (the block asks for
+// the whole shared memory).
 struct Knobs {
-  int split = 0, unit_major = 0, warp_contig = 0, one_per_sm = 0;
+  int split = 0, chunks = 0, one_per_sm = 0;
 };
 Knobs read_knobs() {
   Knobs k;
   auto get = [](const char* name) { const char* e = std::getenv(name); return e ? e : ""; };
   k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT"));
-  k.unit_major = std::strcmp(get("ADAMAS_CUDA_DENSE_ORDER"), "unit") == 0;
-  k.warp_contig = std::strcmp(get("ADAMAS_CUDA_DENSE_WARPS"), "contig") == 0;
+  k.chunks = std::strcmp(get("ADAMAS_CUDA_DENSE_LAYOUT"), "chunks") == 0;
   k.one_per_sm = std::strcmp(get("ADAMAS_CUDA_DENSE_OCC"), "1") == 0;
   return k;
 }
@@ -401,11 +399,11 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   int64_t rows_max = 0;
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
   // One wave: blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch; chunks of at
-  // least 64 rows (one tile per warp at d = 128).
+  // least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
   const Knobs kn = read_knobs();
   const int64_t slots = int64_t(occupancy(D, k0.dtype, kn.one_per_sm)) * Sx.sms;
   const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : slots / std::min<int64_t>(batch, kMaxBatch) / kvh, 1, 256);
-  const int64_t chunk = std::max<int64_t>(64, (rows_max + per_unit - 1) / per_unit);
+  const int64_t chunk = std::max<int64_t>(64 * 128 / D, (rows_max + per_unit - 1) / per_unit);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
   float* part_ml = Sx.part + batch * n_heads * max_chunks * D;
@@ -418,18 +416,16 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     p.n_heads = n_heads, p.group = G;
     p.qscale = scale * 1.4426950408889634f;
     p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = kvh;
-    p.unit_major = kn.unit_major, p.warp_contig = kn.warp_contig;
+    p.strided = !kn.chunks;
     p.part = Sx.part + b0 * n_heads * max_chunks * D;
     p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
     p.done = Sx.done + b0 * kvh;
     p.out = out + b0 * n_heads * D;
-    const dim3 grid = kn.unit_major ? dim3(unsigned(kvh), unsigned(max_chunks), unsigned(p.bd.batch))
-                                    : dim3(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
+    const dim3 grid(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
     if (launch_verbose()) {
       char line[256];
       std::snprintf(line, sizeof line, "[adamas] attend dense group (v7) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
-                    "order %s, warps %s, %d per SM\n", D, G, grid.x, grid.y, grid.z, (long long)chunk,
-                    kn.unit_major ? "unit" : "chunk", kn.warp_contig ? "contig" : "interleaved",
+                    "%s, %d per SM\n", D, G, grid.x, grid.y, grid.z, (long long)chunk, kn.chunks ? "chunks" : "strided",
                     occupancy(D, k0.dtype, kn.one_per_sm));
       verbose_print(line);
     }
