@@ -444,7 +444,7 @@ TEST(CudaAttend, DenseMatchesCpu) {
   SEEDED_RNG(rng);
   cuda::Workspace ws;
   for (const std::string path : {"", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
-                                 "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=1", "ADAMAS_CUDA_DENSE_SPLIT=40"}) {
+                                 "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40"}) {
     const DensePathEnv env(path);
     const bool v6 = path == "ADAMAS_CUDA_DENSE=v6";
     for (const auto& ac : dense_cases()) {

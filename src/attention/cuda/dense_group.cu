@@ -136,11 +136,11 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   const T* K = static_cast<const T*>(sq.k) + unit * sq.k_head;
   const T* V = static_cast<const T*>(sq.v) + unit * sq.v_head;
 
-  // This warp's tiles (the block's 4 warps always stream neighbouring tiles). Strided (v7 default): the unit's tiles
-  // in pieces of kWarps, block c of P taking pieces c, c + P, ..., so the P blocks of a unit read one contiguous
-  // window that advances like a copy kernel's (measured: contiguous chunks per block, 256 KB to 1 MB apart at GQA
-  // batch 1, lost up to 25% of the bandwidth); the host makes the chunk at least one piece, so every block has rows.
-  // Chunks: rows [c chunk, (c + 1) chunk) per block, tile warp + kWarps i of the chunk.
+  // This warp's tiles (the block's 4 warps always stream neighbouring tiles). Strided (default): the unit's tiles in
+  // pieces of kWarps, block c of P taking pieces c, c + P, ..., so the P blocks of a unit read one contiguous window
+  // and differ by at most one piece (no static tail); the host makes the chunk at least one piece, so every block
+  // has rows. Chunks: rows [c chunk, (c + 1) chunk) per block, tile warp + kWarps i of the chunk. (Run 3: at two
+  // blocks per SM neither layout was better; the final launch shape was measured with the strided one.)
   const int tiles = int((r_end - r_begin + KS - 1) / KS);
   const int first = p.strided ? chunk * kWarps + warp : warp;
   const int step = p.strided ? kWarps * nchunks : kWarps;
@@ -325,19 +325,23 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   if (tid == 0) *done = 0;
 }
 
-// Launch-shape knobs (environment, read per call; for A/B runs of the benchmark and the tests):
-// ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head) instead of the default rule; ADAMAS_CUDA_DENSE_LAYOUT=chunks
-// contiguous chunks of rows per block (run 1-2 layout); ADAMAS_CUDA_DENSE_OCC=1 one block per SM (the block asks for
-// the whole shared memory).
+// Launch shape (NOTES v7, runs 1-3). Default: one block per SM (the block asks for more than half of the shared
+// memory, although it uses 96 KB) and at most kMaxChunks blocks per (sequence, KV head): runs 2-3 measured both as
+// best or within noise for every shape, and more blocks per KV head at GQA batch 1 as slower (up to 25%; the cause
+// was not found: not the merge, the warps' order or the blocks' row layout). Knobs (environment, read per call; for
+// A/B runs of the benchmark and the tests): ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head);
+// ADAMAS_CUDA_DENSE_LAYOUT=chunks contiguous chunks of rows per block (runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 two blocks
+// per SM (runs 1-2).
+constexpr int64_t kMaxChunks = 8;
 struct Knobs {
-  int split = 0, chunks = 0, one_per_sm = 0;
+  int split = 0, chunks = 0, one_per_sm = 1;
 };
 Knobs read_knobs() {
   Knobs k;
   auto get = [](const char* name) { const char* e = std::getenv(name); return e ? e : ""; };
   k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT"));
   k.chunks = std::strcmp(get("ADAMAS_CUDA_DENSE_LAYOUT"), "chunks") == 0;
-  k.one_per_sm = std::strcmp(get("ADAMAS_CUDA_DENSE_OCC"), "1") == 0;
+  k.one_per_sm = std::strcmp(get("ADAMAS_CUDA_DENSE_OCC"), "2") != 0;
   return k;
 }
 constexpr size_t kWholeSmem = 200 * 1024;  // more than half of an SM's shared memory: one block per SM
@@ -398,11 +402,12 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   auto& Sx = ws.state();
   int64_t rows_max = 0;
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
-  // One wave: blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch; chunks of at
-  // least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
+  // One wave (blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch), at most
+  // kMaxChunks per pair; chunks of at least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
   const Knobs kn = read_knobs();
   const int64_t slots = int64_t(occupancy(D, k0.dtype, kn.one_per_sm)) * Sx.sms;
-  const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : slots / std::min<int64_t>(batch, kMaxBatch) / kvh, 1, 256);
+  const int64_t wave = std::min(kMaxChunks, slots / std::min<int64_t>(batch, kMaxBatch) / kvh);
+  const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : wave, 1, 256);
   const int64_t chunk = std::max<int64_t>(64 * 128 / D, (rows_max + per_unit - 1) / per_unit);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
