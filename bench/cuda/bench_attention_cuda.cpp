@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "adamas/cuda_attention.h"
+#include "attention/cuda/scoped_env.h"
 #include "fill.h"
 
 using namespace adamas;
@@ -333,9 +334,10 @@ int main(int argc, char** argv) {
                               std::to_string(n);
       const double sd = sdpa_us.count(key) ? sdpa_us[key] : NAN;
       if (dense_only) {
-        setenv("ADAMAS_CUDA_DENSE", "v6", 1);
-        const double v6 = timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
-        unsetenv("ADAMAS_CUDA_DENSE");
+        const double v6 = [&] {
+          const cuda::ScopedEnvSettings env("ADAMAS_CUDA_DENSE=v6");
+          return timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
+        }();
         auto pct = [&](double us) { return 100.0 * kv_bytes / (us * 1e3) / copy_gbs; };
         std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% | %9.1f %5.1f%% | %9.1f %5.1f%% | %7.2f %7.2f",
                       s.name, (long long)B, (long long)n, dense, gbs, pct(dense), v6, pct(v6), sd, pct(sd), v6 / dense,
@@ -343,14 +345,10 @@ int main(int argc, char** argv) {
         table.push_back(line);
         std::printf("%s\n", line);
         for (const std::string& var : dense_variants) {  // "A=1,B=2": set, time, unset
-          std::vector<std::string> names;
-          for (size_t b0 = 0; b0 < var.size();) {
-            const size_t e = std::min(var.find(',', b0), var.size()), eq = var.find('=', b0);
-            if (eq < e) names.push_back(var.substr(b0, eq - b0)), setenv(names.back().c_str(), var.substr(eq + 1, e - eq - 1).c_str(), 1);
-            b0 = e + 1;
-          }
-          const double us = timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
-          for (const auto& nm : names) unsetenv(nm.c_str());
+          const double us = [&] {
+            const cuda::ScopedEnvSettings env(var);
+            return timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
+          }();
           std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% | variant %s", s.name, (long long)B,
                         (long long)n, us, kv_bytes / (us * 1e3), pct(us), var.c_str());
           table.push_back(line);

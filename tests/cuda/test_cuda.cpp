@@ -13,6 +13,7 @@
 
 #include "adamas/attention.h"
 #include "adamas/cuda_attention.h"
+#include "attention/cuda/scoped_env.h"
 
 namespace {
 
@@ -421,23 +422,6 @@ std::vector<AttnCase> dense_cases() {
 
 // Dense paths: "" = the group kernel where it covers the shape, else v6; "ADAMAS_CUDA_DENSE=v6" = v6's kernel; the
 // others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas.
-class DensePathEnv {
- public:
-  explicit DensePathEnv(const std::string& settings) {
-    for (size_t b = 0; b < settings.size();) {
-      const size_t e = std::min(settings.find(',', b), settings.size()), eq = settings.find('=', b);
-      names_.push_back(settings.substr(b, eq - b));
-      setenv(names_.back().c_str(), settings.substr(eq + 1, e - eq - 1).c_str(), 1);
-      b = e + 1;
-    }
-  }
-  ~DensePathEnv() {
-    for (const auto& n : names_) unsetenv(n.c_str());
-  }
-
- private:
-  std::vector<std::string> names_;
-};
 
 TEST(CudaAttend, DenseMatchesCpu) {
   SKIP_WITHOUT_GPU();
@@ -445,7 +429,7 @@ TEST(CudaAttend, DenseMatchesCpu) {
   cuda::Workspace ws;
   for (const std::string path : {"", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
                                  "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40"}) {
-    const DensePathEnv env(path);
+    const cuda::ScopedEnvSettings env(path);
     const bool v6 = path == "ADAMAS_CUDA_DENSE=v6";
     for (const auto& ac : dense_cases()) {
       const int g = ac.c.n_heads / ac.c.kv_heads;
