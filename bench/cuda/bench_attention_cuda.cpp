@@ -4,8 +4,16 @@
 // clean lines; --flush write: a 256 MB memset, whose dirty lines cost every timed call up to ~17 us of write-backs); GB/s against a device-to-device copy
 // measured in the same run. Prints a table and writes JSON lines (--json FILE).
 //
-// bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]
-//   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all] [--no-dense] [--dense-only] [--probe]
+// bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write] [--allocs R]
+//   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all[,..]] [--no-dense] [--dense-only]
+//   [--touch] [--probe]
+// --allocs R (default 3): every (shape, batch, context) is measured in R rounds, each on K/V allocated afresh behind
+// a spacer of (round x 98 MB), so each round's buffers sit on other physical pages; every number printed is the
+// median of the rounds' medians (SDPA: the same rounds in sdpa_baseline.py). Why: NOTES v8-dense (one allocation's
+// GQA batch-1 time differed from another's by up to ~17%). --shapes takes a list in order, repeats allowed
+// (e.g. gqa,mha,gqa: the GQA rows again after the MHA batch-16 shapes).
+// --touch (with --dense-only): one more row, our kernel with one word per 64 KB of K and V loaded between the flush
+// and the timed launch (a diagnostic of the pages' address translation cost; not a fair number).
 // --dense-only: dense rows only, our default dense kernel (v7: the tensor-core group kernel) beside v6's kernel
 // (ADAMAS_CUDA_DENSE=v6) and PyTorch SDPA, each with GB/s and % of the copy bandwidth of the same run;
 // --dense-variants "A=1,B=2;C=3": one more row per variant (environment settings of the dense kernel, e.g. the
@@ -19,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -58,13 +67,15 @@ struct Timer {
     else bench_flush_read(flush, flush_bytes, sink);
   }
   // Median (us) of `iters` timed calls of f, each after an L2 flush.
+  // `after_flush` (diagnostics only) runs between the flush and the first event.
   template <class F>
-  double median_us(F&& f, int iters) {
+  double median_us(F&& f, int iters, const std::function<void()>& after_flush = {}) {
     for (int i = 0; i < 3; ++i) f();
     ck(cudaDeviceSynchronize(), "warm-up");
     std::vector<double> t;
     for (int i = 0; i < iters; ++i) {
       flush_l2(i);
+      if (after_flush) after_flush();
       ck(cudaEventRecord(a), "record");
       f();
       ck(cudaEventRecord(b), "record");
@@ -142,7 +153,8 @@ int main(int argc, char** argv) {
   std::string shapes_sel = "all";
   std::vector<int64_t> ctx_sel, budget_sel, batch_sel;
   std::vector<std::string> dense_variants;
-  bool no_dense = false, probe = false, dense_only = false;
+  bool no_dense = false, probe = false, dense_only = false, touch = false;
+  int allocs = 3;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -156,6 +168,8 @@ int main(int argc, char** argv) {
     else if (a == "--shapes" && i + 1 < argc) shapes_sel = argv[++i];
     else if (a == "--no-dense") no_dense = true;
     else if (a == "--dense-only") dense_only = true;
+    else if (a == "--touch") touch = true;
+    else if (a == "--allocs" && i + 1 < argc) allocs = std::atoi(argv[++i]);
     else if (a == "--dense-variants" && i + 1 < argc) {
       const std::string list = argv[++i];
       for (size_t b = 0; b <= list.size();) {
@@ -170,14 +184,27 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (allocs < 1 || iters < 1) {
+    std::fprintf(stderr, "--allocs and --iters must be at least 1\n");
+    return 2;
+  }
   if (!cuda::device_available()) {
     std::printf("no CUDA device: benchmark skipped\n");
     return 0;
   }
   const int D = 128;
   std::vector<Shape> shapes;
-  if (shapes_sel != "gqa") shapes.push_back({"llama2-7b-mha", 32, 32});
-  if (shapes_sel != "mha") shapes.push_back({"llama3-8b-gqa", 32, 8});
+  for (size_t b = 0; b <= shapes_sel.size();) {
+    const size_t e = std::min(shapes_sel.find(',', b), shapes_sel.size());
+    const std::string t = shapes_sel.substr(b, e - b);
+    if (t == "mha" || t == "all") shapes.push_back({"llama2-7b-mha", 32, 32});
+    if (t == "gqa" || t == "all") shapes.push_back({"llama3-8b-gqa", 32, 8});
+    if (t != "mha" && t != "gqa" && t != "all") {
+      std::fprintf(stderr, "--shapes: unknown shape '%s' (mha, gqa or all, comma-separated)\n", t.c_str());
+      return 2;
+    }
+    b = e + 1;
+  }
   struct Cfg {
     int batch;
     int64_t ctx;
@@ -202,7 +229,7 @@ int main(int argc, char** argv) {
                                        quick ? std::vector<int64_t>{256} : std::vector<int64_t>{64, 256, 1024, 4096};
 
   // PyTorch SDPA first (its own process, before our buffers take the memory).
-  std::map<std::string, double> sdpa_us;
+  std::map<std::string, double> sdpa_us, sdpa_lo, sdpa_hi;  // median of the rounds' medians; lowest and highest round
   std::string torch_info = "not run";
   if (sdpa != "none") {
     std::string list;
@@ -213,7 +240,7 @@ int main(int argc, char** argv) {
                 std::to_string(c.batch) + ":" + std::to_string(c.ctx);
       }
     const std::string cmd = "python3 " + sdpa + " --iters " + std::to_string(iters) + " --flush " + flush_mode +
-                            " --configs " + list;
+                            " --allocs " + std::to_string(allocs) + " --configs " + list;
     std::fprintf(stderr, "running %s\n", cmd.c_str());
     if (FILE* p = popen(cmd.c_str(), "r")) {
       std::string text;
@@ -223,10 +250,13 @@ int main(int argc, char** argv) {
       try {
         const auto j = nlohmann::json::parse(text.substr(text.find('{')));
         torch_info = j["torch"].get<std::string>() + " on " + j["device"].get<std::string>();
-        for (const auto& r : j["results"])
-          sdpa_us[std::to_string(r["heads"].get<int>()) + ":" + std::to_string(r["kv_heads"].get<int>()) + ":" +
-                  std::to_string(r["batch"].get<int>()) + ":" + std::to_string(r["context"].get<int64_t>())] =
-              r["median_us"].get<double>();
+        for (const auto& r : j["results"]) {
+          const std::string key = std::to_string(r["heads"].get<int>()) + ":" + std::to_string(r["kv_heads"].get<int>()) +
+                                  ":" + std::to_string(r["batch"].get<int>()) + ":" +
+                                  std::to_string(r["context"].get<int64_t>());
+          sdpa_us[key] = r["median_us"].get<double>();
+          sdpa_lo[key] = r.value("round_min_us", NAN), sdpa_hi[key] = r.value("round_max_us", NAN);
+        }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "SDPA baseline failed (rc %d): %s\n", rc, e.what());
       }
@@ -289,138 +319,196 @@ int main(int argc, char** argv) {
   table.push_back(line);
   if (dense_only) {
     table.clear();
-    std::snprintf(line, sizeof line, "%-16s %5s %7s | %9s %7s %6s | %9s %6s | %9s %6s | %7s %7s", "shape", "batch",
-                  "context", "dense_us", "GB/s", "%copy", "v6_us", "%copy", "sdpa_us", "%copy", "x_v6", "x_sdpa");
+    std::snprintf(line, sizeof line, "%-16s %5s %7s | %9s %7s %6s %13s | %9s %6s | %9s %6s %13s | %7s %7s", "shape",
+                  "batch", "context", "dense_us", "GB/s", "%copy", "rounds", "v6_us", "%copy", "sdpa_us", "%copy",
+                  "rounds", "x_v6", "x_sdpa");
     table.push_back(line);
   }
+  auto emit = [&] {  // the row in `line`: into the final table, and printed now
+    table.push_back(line);
+    std::printf("%s\n", line);
+    std::fflush(stdout);
+  };
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? NAN : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
+  auto spread = [](const std::vector<double>& v) {  // "lowest-highest" of the rounds
+    char b[48];
+    std::snprintf(b, sizeof b, "%.1f-%.1f", *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
+    return std::string(b);
+  };
   for (const auto& s : shapes) {
     for (const auto& c : cfgs) {
       const int64_t n = c.ctx, B = c.batch, KVH = s.kv_heads, H = s.heads;
       const size_t kv_elems = size_t(B * KVH * n * D);
-      void *k, *v;
-      uint8_t* codes;
-      float *q, *out;
-      Thresholds* thr;
-      ck(cudaMalloc(&k, kv_elems * 2), "K");
-      ck(cudaMalloc(&v, kv_elems * 2), "V");
-      ck(cudaMalloc(&codes, kv_elems / 4), "codes");
-      ck(cudaMalloc(&q, size_t(B * H * D) * 4), "q");
-      ck(cudaMalloc(&out, size_t(B * H * D) * 4), "out");
-      ck(cudaMalloc(&thr, sizeof(Thresholds)), "thr");
-      // Keys of spread ~N(0, 1) per rotated coordinate (amplitude 2.4 triangular); thresholds -0.6 / 0 / 0.6.
-      bench_fill_half(k, kv_elems, 1234u + unsigned(n), 2.4f);
-      bench_fill_half(v, kv_elems, 999u + unsigned(n), 1.0f);
-      bench_fill_f32(q, size_t(B * H * D), 77u);
-      const Thresholds th{-0.6f, 0.0f, 0.6f};
-      ck(cudaMemcpy(thr, &th, sizeof th, cudaMemcpyHostToDevice), "thr");
-      std::vector<cuda::SequenceCache> seqs;
-      for (int64_t b = 0; b < B; ++b) {
-        const size_t off = size_t(b * KVH * n * D);
-        seqs.push_back({HeadsView::contiguous(static_cast<uint16_t*>(k) + off, DType::f16, KVH, n, D),
-                        HeadsView::contiguous(static_cast<uint16_t*>(v) + off, DType::f16, KVH, n, D),
-                        CodesView::contiguous(codes + off / 4, KVH, n, D)});
-        if (!dense_only)
-          cuda::encode_keys(seqs.back().k, 0, n, thr, 1, MutCodesView::contiguous(codes + off / 4, KVH, n, D), nullptr);
-      }
-      ck(cudaDeviceSynchronize(), "setup");
-      cuda::Workspace ws;
-      const cuda::BatchInputs in{q, H, seqs, nullptr};
-      const float scale = 1.0f / std::sqrt(float(D));
-      const double dense =
-          no_dense ? NAN : timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
       const double kv_bytes = double(kv_elems) * 2 * 2;
-      const double gbs = kv_bytes / (dense * 1e3);
-      const std::string key = std::to_string(H) + ":" + std::to_string(KVH) + ":" + std::to_string(B) + ":" +
-                              std::to_string(n);
-      const double sd = sdpa_us.count(key) ? sdpa_us[key] : NAN;
-      if (dense_only) {
-        const double v6 = [&] {
-          const cuda::ScopedEnvSettings env("ADAMAS_CUDA_DENSE=v6");
-          return timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
-        }();
-        auto pct = [&](double us) { return 100.0 * kv_bytes / (us * 1e3) / copy_gbs; };
-        std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% | %9.1f %5.1f%% | %9.1f %5.1f%% | %7.2f %7.2f",
-                      s.name, (long long)B, (long long)n, dense, gbs, pct(dense), v6, pct(v6), sd, pct(sd), v6 / dense,
-                      sd / dense);
-        table.push_back(line);
-        std::printf("%s\n", line);
-        for (const std::string& var : dense_variants) {  // "A=1,B=2": set, time, unset
-          const double us = [&] {
-            const cuda::ScopedEnvSettings env(var);
-            return timer.median_us([&] { cuda::attend_dense(in, scale, ws, out, nullptr); }, iters);
-          }();
-          std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% | variant %s", s.name, (long long)B,
-                        (long long)n, us, kv_bytes / (us * 1e3), pct(us), var.c_str());
-          table.push_back(line);
-          std::printf("%s\n", line);
+      const Thresholds th{-0.6f, 0.0f, 0.6f};
+      const float scale = 1.0f / std::sqrt(float(D));
+      std::map<std::string, std::vector<double>> res;  // per row: the rounds' medians
+      for (int round = 0; round < allocs; ++round) {
+        void *spacer = nullptr, *k, *v;
+        if (round > 0) ck(cudaMalloc(&spacer, size_t(round) * (98u << 20)), "spacer");
+        uint8_t* codes;
+        float *q, *out;
+        Thresholds* thr;
+        ck(cudaMalloc(&k, kv_elems * 2), "K");
+        ck(cudaMalloc(&v, kv_elems * 2), "V");
+        ck(cudaMalloc(&codes, kv_elems / 4), "codes");
+        ck(cudaMalloc(&q, size_t(B * H * D) * 4), "q");
+        ck(cudaMalloc(&out, size_t(B * H * D) * 4), "out");
+        ck(cudaMalloc(&thr, sizeof(Thresholds)), "thr");
+        // Keys of spread ~N(0, 1) per rotated coordinate (amplitude 2.4 triangular); thresholds -0.6 / 0 / 0.6.
+        bench_fill_half(k, kv_elems, 1234u + unsigned(n), 2.4f);
+        bench_fill_half(v, kv_elems, 999u + unsigned(n), 1.0f);
+        bench_fill_f32(q, size_t(B * H * D), 77u);
+        ck(cudaMemcpy(thr, &th, sizeof th, cudaMemcpyHostToDevice), "thr");
+        std::vector<cuda::SequenceCache> seqs;
+        for (int64_t b = 0; b < B; ++b) {
+          const size_t off = size_t(b * KVH * n * D);
+          seqs.push_back({HeadsView::contiguous(static_cast<uint16_t*>(k) + off, DType::f16, KVH, n, D),
+                          HeadsView::contiguous(static_cast<uint16_t*>(v) + off, DType::f16, KVH, n, D),
+                          CodesView::contiguous(codes + off / 4, KVH, n, D)});
+          if (!dense_only)
+            cuda::encode_keys(seqs.back().k, 0, n, thr, 1, MutCodesView::contiguous(codes + off / 4, KVH, n, D), nullptr);
         }
-        std::fflush(stdout);
+        ck(cudaDeviceSynchronize(), "setup");
+        cuda::Workspace ws;
+        const cuda::BatchInputs in{q, H, seqs, nullptr};
+        auto dense_call = [&] { cuda::attend_dense(in, scale, ws, out, nullptr); };
+        res["dense"].push_back(no_dense ? NAN : timer.median_us(dense_call, iters));
+        if (dense_only) {
+          {
+            const cuda::ScopedEnvSettings env("ADAMAS_CUDA_DENSE=v6");
+            res["v6"].push_back(timer.median_us(dense_call, iters));
+          }
+          for (const std::string& var : dense_variants) {  // "A=1,B=2": set, time, unset
+            const cuda::ScopedEnvSettings env(var);
+            res["var " + var].push_back(timer.median_us(dense_call, iters));
+          }
+          if (touch)
+            res["touch"].push_back(timer.median_us(dense_call, iters, [&] {
+              bench_touch_pages(k, kv_elems * 2, 64 << 10, timer.sink);
+              bench_touch_pages(v, kv_elems * 2, 64 << 10, timer.sink);
+            }));
+        } else {
+          for (int64_t budget : budgets)
+            for (GroupSelection group : {GroupSelection::per_head, GroupSelection::shared_sum}) {
+              if (budget >= n || (group == GroupSelection::shared_sum && H == KVH)) continue;
+              AttentionConfig cfg;
+              cfg.budget = budget;
+              cfg.thresholds = th;
+              cfg.group = group;
+              const std::string key = std::to_string(budget) + ":" + group_selection_name(group);
+              const double sel = timer.median_us([&] { cuda::select(in, cfg, ws, nullptr); }, iters);
+              const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
+              const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
+              res["sel " + key].push_back(sel), res["att " + key].push_back(att), res["tot " + key].push_back(tot);
+              if (probe && round == 0) {
+                std::printf("probe %s batch %lld context %lld budget %lld: select %.2f us, attend %.2f us (event timer)\n",
+                            s.name, (long long)B, (long long)n, (long long)budget, sel, att);
+                if (stamps) {
+                  // One flushed launch of each, bracketed by 1-thread globaltimer kernels.
+                  for (int which = 0; which < 2; ++which) {
+                    for (int rep = 0; rep < 3; ++rep) {
+                      ck(cudaMemset(which == 0 ? sel_st : att_st, 0, st_blocks * 64), "stamps clear");
+                      cuda::set_phase_stamps(which == 0 ? sel_st : nullptr, which == 1 ? att_st : nullptr);
+                      timer.flush_l2(rep);
+                      bench_stamp(marks);
+                      if (which == 0) cuda::select(in, cfg, ws, nullptr);
+                      else cuda::attend_selected(in, cfg, ws, scale, out, nullptr);
+                      bench_stamp(marks + 1);
+                      ck(cudaDeviceSynchronize(), "probe");
+                      cuda::set_phase_stamps(nullptr, nullptr);
+                    }
+                    std::vector<unsigned long long> st(st_blocks * 8), mk(2);
+                    ck(cudaMemcpy(st.data(), which == 0 ? sel_st : att_st, st_blocks * 64, cudaMemcpyDeviceToHost), "st");
+                    ck(cudaMemcpy(mk.data(), marks, 16, cudaMemcpyDeviceToHost), "marks");
+                    print_stamps(which == 0 ? "select" : "attend", st, mk[0], mk[1], which == 0 ? 8 : 7);
+                  }
+                }
+              }
+            }
+        }
+        cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);
+        if (spacer) cudaFree(spacer);
+      }
+
+      for (const auto& [row, vals] : res) {  // every round's median, for the spread (stderr)
+        std::fprintf(stderr, "rounds %s batch %lld context %lld %s:", s.name, (long long)B, (long long)n, row.c_str());
+        for (double x : vals) std::fprintf(stderr, " %.1f", x);
+        std::fprintf(stderr, "\n");
+      }
+      const double dense = median(res["dense"]);
+      const double gbs = kv_bytes / (dense * 1e3);
+      const std::string skey = std::to_string(H) + ":" + std::to_string(KVH) + ":" + std::to_string(B) + ":" +
+                               std::to_string(n);
+      const double sd = sdpa_us.count(skey) ? sdpa_us[skey] : NAN;
+      std::string rounds_json = "[";
+      for (size_t i = 0; i < res["dense"].size(); ++i) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%s%.2f", i ? "," : "", res["dense"][i]);
+        rounds_json += b;
+      }
+      rounds_json += "]";
+      if (dense_only) {
+        const double v6 = median(res["v6"]);
+        auto pct = [&](double us) { return 100.0 * kv_bytes / (us * 1e3) / copy_gbs; };
+        char sd_rounds[48] = "-";
+        if (sdpa_lo.count(skey) && !std::isnan(sdpa_lo[skey]))
+          std::snprintf(sd_rounds, sizeof sd_rounds, "%.1f-%.1f", sdpa_lo[skey], sdpa_hi[skey]);
+        std::snprintf(line, sizeof line,
+                      "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% %13s | %9.1f %5.1f%% | %9.1f %5.1f%% %13s | %7.2f %7.2f",
+                      s.name, (long long)B, (long long)n, dense, gbs, pct(dense), spread(res["dense"]).c_str(), v6,
+                      pct(v6), sd, pct(sd), sd_rounds, v6 / dense, sd / dense);
+        emit();
+        std::vector<std::string> extra;
+        for (const std::string& var : dense_variants) extra.push_back("var " + var);
+        if (touch) extra.push_back("touch");
+        for (const std::string& key : extra) {
+          const double us = median(res[key]);
+          std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% %13s | %s", s.name, (long long)B,
+                        (long long)n, us, kv_bytes / (us * 1e3), pct(us), spread(res[key]).c_str(),
+                        key == "touch" ? "diagnostic: K/V pages touched after the flush" :
+                                         ("variant " + key.substr(4)).c_str());
+          emit();
+        }
         if (jf)
           std::fprintf(jf,
                        "{\"shape\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,\"context\":%lld,"
-                       "\"dense_us\":%.2f,\"dense_v6_us\":%.2f,\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,\"flush\":\"%s\"}\n",
-                       s.name, s.heads, s.kv_heads, D, (long long)B, (long long)n, dense, v6, copy_gbs,
-                       std::isnan(sd) ? -1.0 : sd, flush_mode.c_str());
-        cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);
+                       "\"dense_us\":%.2f,\"dense_round_us\":%s,\"dense_v6_us\":%.2f,\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,"
+                       "\"allocs\":%d,\"flush\":\"%s\"}\n",
+                       s.name, s.heads, s.kv_heads, D, (long long)B, (long long)n, dense, rounds_json.c_str(), v6,
+                       copy_gbs, std::isnan(sd) ? -1.0 : sd, allocs, flush_mode.c_str());
         continue;
       }
       for (int64_t budget : budgets)
-      for (GroupSelection group : {GroupSelection::per_head, GroupSelection::shared_sum}) {
-        if (budget >= n || (group == GroupSelection::shared_sum && H == KVH)) continue;
-        AttentionConfig cfg;
-        cfg.budget = budget;
-        cfg.thresholds = th;
-        cfg.group = group;
-        const std::string name = std::string(s.name) + (group == GroupSelection::shared_sum ? "-sh" : "");
-        const double sel = timer.median_us([&] { cuda::select(in, cfg, ws, nullptr); }, iters);
-        const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
-        const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
-        if (probe) {
-          std::printf("probe %s batch %lld context %lld budget %lld: select %.2f us, attend %.2f us (event timer)\n",
-                      s.name, (long long)B, (long long)n, (long long)budget, sel, att);
-          if (stamps) {
-            // One flushed launch of each, bracketed by 1-thread globaltimer kernels.
-            for (int which = 0; which < 2; ++which) {
-              for (int rep = 0; rep < 3; ++rep) {
-                ck(cudaMemset(which == 0 ? sel_st : att_st, 0, st_blocks * 64), "stamps clear");
-                cuda::set_phase_stamps(which == 0 ? sel_st : nullptr, which == 1 ? att_st : nullptr);
-                timer.flush_l2(rep);
-                bench_stamp(marks);
-                if (which == 0) cuda::select(in, cfg, ws, nullptr);
-                else cuda::attend_selected(in, cfg, ws, scale, out, nullptr);
-                bench_stamp(marks + 1);
-                ck(cudaDeviceSynchronize(), "probe");
-                cuda::set_phase_stamps(nullptr, nullptr);
-              }
-              std::vector<unsigned long long> st(st_blocks * 8), mk(2);
-              ck(cudaMemcpy(st.data(), which == 0 ? sel_st : att_st, st_blocks * 64, cudaMemcpyDeviceToHost), "st");
-              ck(cudaMemcpy(mk.data(), marks, 16, cudaMemcpyDeviceToHost), "marks");
-              print_stamps(which == 0 ? "select" : "attend", st, mk[0], mk[1], which == 0 ? 8 : 7);
-            }
-          }
+        for (GroupSelection group : {GroupSelection::per_head, GroupSelection::shared_sum}) {
+          if (budget >= n || (group == GroupSelection::shared_sum && H == KVH)) continue;
+          const std::string key = std::to_string(budget) + ":" + group_selection_name(group);
+          const double sel = median(res["sel " + key]), att = median(res["att " + key]), tot = median(res["tot " + key]);
+          const std::string name = std::string(s.name) + (group == GroupSelection::shared_sum ? "-sh" : "");
+          std::snprintf(line, sizeof line,
+                        "%-16s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f",
+                        name.c_str(), (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs,
+                        sd, sel, att, tot, sd / tot, dense / tot);
+          emit();
+          if (jf)
+            std::fprintf(jf,
+                         "{\"shape\":\"%s\",\"group\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,"
+                         "\"context\":%lld,\"budget\":%lld,\"dense_us\":%.2f,\"dense_round_us\":%s,\"dense_gbs\":%.1f,"
+                         "\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,\"select_us\":%.2f,\"attend_us\":%.2f,\"adamas_us\":%.2f,"
+                         "\"allocs\":%d,\"flush\":\"%s\"}\n",
+                         s.name, group_selection_name(group), s.heads, s.kv_heads, D, (long long)B, (long long)n,
+                         (long long)budget, dense, rounds_json.c_str(), gbs, copy_gbs, std::isnan(sd) ? -1.0 : sd, sel,
+                         att, tot, allocs, flush_mode.c_str());
         }
-        std::snprintf(line, sizeof line,
-                      "%-16s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f",
-                      name.c_str(), (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs,
-                      sd, sel, att, tot, sd / tot, dense / tot);
-        table.push_back(line);
-        std::printf("%s\n", line);
-        std::fflush(stdout);
-        if (jf)
-          std::fprintf(jf,
-                       "{\"shape\":\"%s\",\"group\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,\"context\":%lld,"
-                       "\"budget\":%lld,\"dense_us\":%.2f,\"dense_gbs\":%.1f,\"copy_gbs\":%.1f,\"sdpa_us\":%.2f,"
-                       "\"select_us\":%.2f,\"attend_us\":%.2f,\"adamas_us\":%.2f,\"flush\":\"%s\"}\n",
-                       s.name, group_selection_name(group), s.heads, s.kv_heads, D, (long long)B, (long long)n, (long long)budget, dense, gbs,
-                       copy_gbs, std::isnan(sd) ? -1.0 : sd, sel, att, tot, flush_mode.c_str());
-      }
-      cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);
     }
   }
   if (jf) std::fclose(jf);
   std::printf("\n== decode attention%s, one layer, d=128 f16, %s, copy %.0f GB/s, L2 flushed by %s 256 MB, "
-              "empty kernel %.1f us ==\n", dense_only ? " (dense only)" : "",
-              cuda::device_name(), copy_gbs, flush_mode == "write" ? "writing" : "reading", empty_us);
+              "empty kernel %.1f us, medians of %d allocation rounds ==\n", dense_only ? " (dense only)" : "",
+              cuda::device_name(), copy_gbs, flush_mode == "write" ? "writing" : "reading", empty_us, allocs);
   for (const auto& l : table) std::printf("%s\n", l.c_str());
   return 0;
 }

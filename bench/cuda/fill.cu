@@ -32,6 +32,13 @@ __global__ void read_kernel(const uint4* p, size_t n, unsigned* sink) {
   }
   if (acc == 0x9e3779b9u) *sink = acc;  // practically never: keeps the loads
 }
+// One word per `stride` bytes: the pages' address translations without moving the data.
+__global__ void touch_kernel(const unsigned char* p, size_t bytes, size_t stride, unsigned* sink) {
+  unsigned acc = 0;
+  for (size_t o = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * stride; o < bytes; o += size_t(gridDim.x) * blockDim.x * stride)
+    acc ^= __ldcg(reinterpret_cast<const unsigned*>(p + o));
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
 __global__ void empty_kernel() {}
 // Probes of the launch floor: a kernel parameter the size of the backend's batch descriptor (64 sequences),
 // clusters, cluster barriers.
@@ -109,6 +116,10 @@ void bench_stamp(unsigned long long* out) { stamp_kernel<<<1, 1>>>(out); }
 
 void bench_flush_read(const void* p, size_t bytes, unsigned* sink) {
   read_kernel<<<1056, 512>>>(static_cast<const uint4*>(p), bytes / 16, sink);
+}
+
+void bench_touch_pages(const void* p, size_t bytes, size_t stride, unsigned* sink) {
+  touch_kernel<<<64, 256>>>(static_cast<const unsigned char*>(p), bytes, stride, sink);
 }
 
 void bench_fill_half(void* p, size_t n, uint32_t seed, float amp) {

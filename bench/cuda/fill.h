@@ -5,6 +5,8 @@ void bench_fill_half(void* p, size_t n, uint32_t seed, float amp);
 void bench_fill_f32(float* p, size_t n, uint32_t seed);
 // Reads `bytes` of p (L2 left holding clean lines of it).
 void bench_flush_read(const void* p, size_t bytes, unsigned* sink);
+// Loads one word per `stride` bytes of p (diagnostic: address translations of p's pages, ~no data).
+void bench_touch_pages(const void* p, size_t bytes, size_t stride, unsigned* sink);
 // An empty launch (the timer's floor: launch + event overhead after a flush).
 void bench_empty_kernel();
 // Launch-floor probes: an empty kernel with a 5.6 KB parameter (the backend's batch descriptor size); `blocks`

@@ -421,14 +421,37 @@ std::vector<AttnCase> dense_cases() {
 }
 
 // Dense paths: "" = the group kernel where it covers the shape, else v6; "ADAMAS_CUDA_DENSE=v6" = v6's kernel; the
-// others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas.
+// others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas: both
+// schedules (static split, dynamic claims), both pipeline depths, one and two blocks per SM, splits from 1 to 40
+// blocks per (sequence, KV head), page touches.
+
+// ADAMAS_TEST_DENSE_PATHS="default;NAME=VALUE,...;..." runs only the listed paths (for the slow sanitizer runs).
+std::vector<std::string> dense_paths() {
+  std::vector<std::string> v = {
+      "", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
+      "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40",
+      "ADAMAS_CUDA_DENSE_SCHED=static", "ADAMAS_CUDA_DENSE_SCHED=static,ADAMAS_CUDA_DENSE_STAGES=3",
+      "ADAMAS_CUDA_DENSE_SCHED=dynamic,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_SPLIT=7",
+      "ADAMAS_CUDA_DENSE_SCHED=dynamic,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_SPLIT=2",
+      "ADAMAS_CUDA_DENSE_SCHED=dynamic,ADAMAS_CUDA_DENSE_SPLIT=1", "ADAMAS_CUDA_DENSE_PREFETCH=1"};
+  if (const char* only = std::getenv("ADAMAS_TEST_DENSE_PATHS")) {
+    v.clear();
+    const std::string list = only;
+    for (size_t b = 0; b <= list.size();) {
+      const size_t e = std::min(list.find(';', b), list.size());
+      const std::string item = list.substr(b, e - b);
+      if (!item.empty()) v.push_back(item == "default" ? "" : item);
+      b = e + 1;
+    }
+  }
+  return v;
+}
 
 TEST(CudaAttend, DenseMatchesCpu) {
   SKIP_WITHOUT_GPU();
   SEEDED_RNG(rng);
   cuda::Workspace ws;
-  for (const std::string path : {"", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
-                                 "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40"}) {
+  for (const std::string& path : dense_paths()) {
     const cuda::ScopedEnvSettings env(path);
     const bool v6 = path == "ADAMAS_CUDA_DENSE=v6";
     for (const auto& ac : dense_cases()) {
@@ -451,6 +474,24 @@ TEST(CudaAttend, DenseMatchesCpu) {
         sync_ok();
         EXPECT_LT(rel_err(dout.download(), ref), kTol) << "call " << rep;
       }
+    }
+  }
+}
+
+TEST(CudaAttend, DenseKnobsRejectBadValues) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  const Batch bt(Case{128, 8, 2, DType::f16, {300}}, rng, Thresholds{});
+  Dev<float> dout(size_t(8 * 128));
+  for (const std::string bad : {"ADAMAS_CUDA_DENSE_STAGES=4", "ADAMAS_CUDA_DENSE_SCHED=fast",
+                                "ADAMAS_CUDA_DENSE_STAGES=6,ADAMAS_CUDA_DENSE_OCC=2"}) {
+    const cuda::ScopedEnvSettings env(bad);
+    try {
+      cuda::attend_dense(bt.inputs(), 0.088f, ws, dout.p, nullptr);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad.substr(0, bad.find('='))), std::string::npos) << e.what();
     }
   }
 }
