@@ -12,8 +12,13 @@
 // median of the rounds' medians (SDPA: the same rounds in sdpa_baseline.py). Why: NOTES v8-dense (one allocation's
 // GQA batch-1 time differed from another's by up to ~17%). --shapes takes a list in order, repeats allowed
 // (e.g. gqa,mha,gqa: the GQA rows again after the MHA batch-16 shapes).
-// --touch (with --dense-only): one more row, our kernel with one word per 64 KB of K and V loaded between the flush
-// and the timed launch (a diagnostic of the pages' address translation cost; not a fair number).
+// --settle S (default 2 seconds): idle time before each (shape, batch, context), so that each starts from the same
+// GPU state (NOTES v8-dense: for ~1-2 s after the batch-16 shapes, GQA batch 1 at 32K ran ~8 us slower, in every
+// kernel, then recovered within one allocation round); SDPA gets the same pause.
+// --dense-only prints a `read` row per shape: one kernel reading the same K and V bytes and nothing else, the floor a
+// dense kernel can approach under this timer. --touch (with --dense-only): one more row, our kernel with one word per
+// 64 KB of K and V loaded between the flush and the timed launch (a diagnostic of the pages' address translation
+// cost; not a fair number). stderr: each round's medians, wall time and SM clock.
 // --dense-only: dense rows only, our default dense kernel (v7: the tensor-core group kernel) beside v6's kernel
 // (ADAMAS_CUDA_DENSE=v6) and PyTorch SDPA, each with GB/s and % of the copy bandwidth of the same run;
 // --dense-variants "A=1,B=2;C=3": one more row per variant (environment settings of the dense kernel, e.g. the
@@ -27,11 +32,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "adamas/cuda_attention.h"
@@ -155,6 +162,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> dense_variants;
   bool no_dense = false, probe = false, dense_only = false, touch = false;
   int allocs = 3;
+  double settle = 2.0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -170,6 +178,7 @@ int main(int argc, char** argv) {
     else if (a == "--dense-only") dense_only = true;
     else if (a == "--touch") touch = true;
     else if (a == "--allocs" && i + 1 < argc) allocs = std::atoi(argv[++i]);
+    else if (a == "--settle" && i + 1 < argc) settle = std::atof(argv[++i]);
     else if (a == "--dense-variants" && i + 1 < argc) {
       const std::string list = argv[++i];
       for (size_t b = 0; b <= list.size();) {
@@ -184,8 +193,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (allocs < 1 || iters < 1) {
-    std::fprintf(stderr, "--allocs and --iters must be at least 1\n");
+  if (allocs < 1 || iters < 1 || !(settle >= 0)) {
+    std::fprintf(stderr, "--allocs and --iters must be at least 1, --settle at least 0\n");
     return 2;
   }
   if (!cuda::device_available()) {
@@ -240,7 +249,8 @@ int main(int argc, char** argv) {
                 std::to_string(c.batch) + ":" + std::to_string(c.ctx);
       }
     const std::string cmd = "python3 " + sdpa + " --iters " + std::to_string(iters) + " --flush " + flush_mode +
-                            " --allocs " + std::to_string(allocs) + " --configs " + list;
+                            " --allocs " + std::to_string(allocs) + " --settle " + std::to_string(settle) +
+                            " --configs " + list;
     std::fprintf(stderr, "running %s\n", cmd.c_str());
     if (FILE* p = popen(cmd.c_str(), "r")) {
       std::string text;
@@ -324,6 +334,7 @@ int main(int argc, char** argv) {
                   "rounds", "x_v6", "x_sdpa");
     table.push_back(line);
   }
+  const auto t_start = std::chrono::steady_clock::now();
   auto emit = [&] {  // the row in `line`: into the final table, and printed now
     table.push_back(line);
     std::printf("%s\n", line);
@@ -346,7 +357,11 @@ int main(int argc, char** argv) {
       const Thresholds th{-0.6f, 0.0f, 0.6f};
       const float scale = 1.0f / std::sqrt(float(D));
       std::map<std::string, std::vector<double>> res;  // per row: the rounds' medians
+      std::this_thread::sleep_for(std::chrono::duration<double>(settle));
       for (int round = 0; round < allocs; ++round) {
+        std::fprintf(stderr, "round %d of %s batch %lld context %lld: t=%.2f s, SM %.0f MHz\n", round, s.name,
+                     (long long)B, (long long)n,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(), bench_sm_mhz());
         void *spacer = nullptr, *k, *v;
         if (round > 0) ck(cudaMalloc(&spacer, size_t(round) * (98u << 20)), "spacer");
         uint8_t* codes;
@@ -386,6 +401,7 @@ int main(int argc, char** argv) {
             const cuda::ScopedEnvSettings env(var);
             res["var " + var].push_back(timer.median_us(dense_call, iters));
           }
+          res["read"].push_back(timer.median_us([&] { bench_read_two(k, v, kv_elems * 2, timer.sink); }, iters));
           if (touch)
             res["touch"].push_back(timer.median_us(dense_call, iters, [&] {
               bench_touch_pages(k, kv_elems * 2, 64 << 10, timer.sink);
@@ -462,7 +478,7 @@ int main(int argc, char** argv) {
                       s.name, (long long)B, (long long)n, dense, gbs, pct(dense), spread(res["dense"]).c_str(), v6,
                       pct(v6), sd, pct(sd), sd_rounds, v6 / dense, sd / dense);
         emit();
-        std::vector<std::string> extra;
+        std::vector<std::string> extra = {"read"};
         for (const std::string& var : dense_variants) extra.push_back("var " + var);
         if (touch) extra.push_back("touch");
         for (const std::string& key : extra) {
@@ -470,6 +486,7 @@ int main(int argc, char** argv) {
           std::snprintf(line, sizeof line, "%-16s %5lld %7lld | %9.1f %7.0f %5.1f%% %13s | %s", s.name, (long long)B,
                         (long long)n, us, kv_bytes / (us * 1e3), pct(us), spread(res[key]).c_str(),
                         key == "touch" ? "diagnostic: K/V pages touched after the flush" :
+                        key == "read"  ? "read floor: one kernel reading the same K/V bytes" :
                                          ("variant " + key.substr(4)).c_str());
           emit();
         }

@@ -39,6 +39,25 @@ __global__ void touch_kernel(const unsigned char* p, size_t bytes, size_t stride
     acc ^= __ldcg(reinterpret_cast<const unsigned*>(p + o));
   if (acc == 0x9e3779b9u) *sink = acc;
 }
+// Both buffers read in one launch (the same loop as read_kernel): the read floor of a K/V pair.
+__global__ void read_two_kernel(const uint4* a, const uint4* b, size_t n, unsigned* sink) {
+  unsigned acc = 0;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 x = __ldcg(a + i), y = __ldcg(b + i);
+    acc ^= x.x ^ x.y ^ x.z ^ x.w ^ y.x ^ y.y ^ y.z ^ y.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+// The SM clock: cycles over nanoseconds of one thread spinning ~2 M cycles.
+__global__ void clock_kernel(double* mhz) {
+  unsigned long long t0, t1;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  const long long c0 = clock64();
+  long long c1 = c0;
+  while (c1 - c0 < 2000000) c1 = clock64();
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
+  *mhz = double(c1 - c0) * 1e3 / double(t1 - t0);
+}
 __global__ void empty_kernel() {}
 // Probes of the launch floor: a kernel parameter the size of the backend's batch descriptor (64 sequences),
 // clusters, cluster barriers.
@@ -118,6 +137,18 @@ void bench_flush_read(const void* p, size_t bytes, unsigned* sink) {
   read_kernel<<<1056, 512>>>(static_cast<const uint4*>(p), bytes / 16, sink);
 }
 
+void bench_read_two(const void* a, const void* b, size_t bytes_each, unsigned* sink) {
+  read_two_kernel<<<1056, 512>>>(static_cast<const uint4*>(a), static_cast<const uint4*>(b), bytes_each / 16, sink);
+}
+double bench_sm_mhz() {
+  double* d = nullptr;
+  double v = 0;
+  if (cudaMalloc(&d, sizeof(double)) != cudaSuccess) return 0;
+  clock_kernel<<<1, 1>>>(d);
+  cudaMemcpy(&v, d, sizeof v, cudaMemcpyDeviceToHost);
+  cudaFree(d);
+  return v;
+}
 void bench_touch_pages(const void* p, size_t bytes, size_t stride, unsigned* sink) {
   touch_kernel<<<64, 256>>>(static_cast<const unsigned char*>(p), bytes, stride, sink);
 }

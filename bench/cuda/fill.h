@@ -5,6 +5,10 @@ void bench_fill_half(void* p, size_t n, uint32_t seed, float amp);
 void bench_fill_f32(float* p, size_t n, uint32_t seed);
 // Reads `bytes` of p (L2 left holding clean lines of it).
 void bench_flush_read(const void* p, size_t bytes, unsigned* sink);
+// Reads both buffers (bytes_each each) in one launch: what a kernel that only moves a K/V pair's bytes takes.
+void bench_read_two(const void* a, const void* b, size_t bytes_each, unsigned* sink);
+// The SM clock now, in MHz (a 1-thread kernel spinning ~2 M cycles against %globaltimer; synchronizes).
+double bench_sm_mhz();
 // Loads one word per `stride` bytes of p (diagnostic: address translations of p's pages, ~no data).
 void bench_touch_pages(const void* p, size_t bytes, size_t stride, unsigned* sink);
 // An empty launch (the timer's floor: launch + event overhead after a flush).

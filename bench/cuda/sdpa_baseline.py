@@ -5,12 +5,14 @@ Usage: sdpa_baseline.py --configs heads:kv_heads:dim:batch:context[,...] [--iter
 Each config: q [batch, heads, 1, dim], K/V [batch, kv_heads, context, dim] f16 (GQA through enable_gqa=True);
 median of N CUDA-event timings, L2 flushed before each timed call: by reading
 256 MB (default; L2 left clean) or, with --flush write, by a 256 MB memset (dirty lines cost write-backs).
+--settle S (default 0): seconds idle before each config (bench_attention_cuda passes its own, NOTES v8-dense).
 --allocs R (default 1): R rounds, each on tensors allocated afresh behind a spacer of (round x 98 MB), the caching
 allocator emptied between rounds (as bench_attention_cuda's rounds); median_us is the median of the rounds' medians.
 """
 import argparse
 import json
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--flush", choices=["read", "write"], default="read")
     ap.add_argument("--allocs", type=int, default=1)
+    ap.add_argument("--settle", type=float, default=0.0)
     a = ap.parse_args()
     dev = torch.device("cuda")
     flush = torch.ones(64 << 20, dtype=torch.int32, device=dev)  # 256 MB
@@ -33,6 +36,7 @@ def main():
     for cfg in a.configs.split(","):
         h, kvh, d, b, n = (int(x) for x in cfg.split(":"))
         rounds, mins = [], []
+        time.sleep(a.settle)
         for r in range(a.allocs):
             spacer = torch.empty(r * (98 << 20), dtype=torch.uint8, device=dev) if r else None
             q = torch.randn(b, h, 1, d, device=dev, dtype=torch.float16)

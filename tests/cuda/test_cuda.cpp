@@ -421,19 +421,15 @@ std::vector<AttnCase> dense_cases() {
 }
 
 // Dense paths: "" = the group kernel where it covers the shape, else v6; "ADAMAS_CUDA_DENSE=v6" = v6's kernel; the
-// others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas: both
-// schedules (static split, dynamic claims), both pipeline depths, one and two blocks per SM, splits from 1 to 40
-// blocks per (sequence, KV head), page touches.
+// others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas: both row
+// layouts, one and two blocks per SM, 2 to 4 pipeline stages, splits from 3 to 40 blocks per (sequence, KV head).
 
 // ADAMAS_TEST_DENSE_PATHS="default;NAME=VALUE,...;..." runs only the listed paths (for the slow sanitizer runs).
 std::vector<std::string> dense_paths() {
   std::vector<std::string> v = {
       "", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
-      "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40",
-      "ADAMAS_CUDA_DENSE_SCHED=static", "ADAMAS_CUDA_DENSE_SCHED=static,ADAMAS_CUDA_DENSE_STAGES=3",
-      "ADAMAS_CUDA_DENSE_SCHED=dynamic,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_SPLIT=7",
-      "ADAMAS_CUDA_DENSE_SCHED=dynamic,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_SPLIT=2",
-      "ADAMAS_CUDA_DENSE_SCHED=dynamic,ADAMAS_CUDA_DENSE_SPLIT=1", "ADAMAS_CUDA_DENSE_PREFETCH=1"};
+      "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40", "ADAMAS_CUDA_DENSE_STAGES=2",
+      "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_SPLIT=7", "ADAMAS_CUDA_DENSE_STAGES=2,ADAMAS_CUDA_DENSE_OCC=2"};
   if (const char* only = std::getenv("ADAMAS_TEST_DENSE_PATHS")) {
     v.clear();
     const std::string list = only;
@@ -484,8 +480,7 @@ TEST(CudaAttend, DenseKnobsRejectBadValues) {
   cuda::Workspace ws;
   const Batch bt(Case{128, 8, 2, DType::f16, {300}}, rng, Thresholds{});
   Dev<float> dout(size_t(8 * 128));
-  for (const std::string bad : {"ADAMAS_CUDA_DENSE_STAGES=4", "ADAMAS_CUDA_DENSE_SCHED=fast",
-                                "ADAMAS_CUDA_DENSE_STAGES=6,ADAMAS_CUDA_DENSE_OCC=2"}) {
+  for (const std::string bad : {"ADAMAS_CUDA_DENSE_STAGES=5", "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_OCC=2"}) {
     const cuda::ScopedEnvSettings env(bad);
     try {
       cuda::attend_dense(bt.inputs(), 0.088f, ws, dout.p, nullptr);

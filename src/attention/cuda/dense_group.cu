@@ -43,8 +43,6 @@ struct DenseGroupParams {
   float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
   float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
   uint32_t* done;  // [batch][units], zero between launches
-  uint32_t* ctr;   // [batch][units] tile claims of the dynamic schedule, zero between launches
-  int prefetch;    // each block first loads one word per 64 KB of its unit's K and V (page translations up front)
   float* out;      // [batch][n_heads][D]
 };
 
@@ -111,15 +109,11 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
 
 template <int D>
 constexpr int stage_rows() { return 16 * (128 / D); }  // 8 KB of K and V per warp and stage
+// S: pipeline stages per warp (S - 1 tiles in flight while one is computed; default 3, NOTES v8-dense).
 template <int D, class T, int S>
 constexpr size_t group_smem() { return size_t(kWarps) * S * 2 * stage_rows<D>() * D * sizeof(T); }
 
-// S: pipeline stages per warp (S - 1 tiles in flight while one is computed): 3 fits two blocks per SM, 6 uses the
-// shared memory of a block that has the SM alone. DYN: the dynamic schedule (v8): every warp of the unit's P blocks
-// first takes S - 1 tiles of one contiguous window (tile s * P * kWarps + its warp index), then claims one tile at a
-// time from the unit's counter, a claim ahead (its L2 round trip hides behind a tile's compute), so fast and slow SMs
-// finish together; else the static split (v7: strided pieces or contiguous chunks).
-template <int D, class T, int S, bool DYN>
+template <int D, class T, int S>
 __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_constant__ DenseGroupParams p) {
   constexpr int KS = stage_rows<D>();
   constexpr int KG = KS / 16;      // 16-row groups per stage (the k of the P V mma)
@@ -139,30 +133,27 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   const int64_t n = sq.n;
   const int nchunks = int((n + p.chunk - 1) / p.chunk);  // blocks of this (sequence, KV head)
   if (chunk >= nchunks) return;
-  const bool whole = DYN || p.strided;  // every block of the unit walks all its rows (else a chunk of them)
-  const int64_t r_begin = whole ? 0 : int64_t(chunk) * p.chunk, r_end = whole ? n : min(n, r_begin + p.chunk);
+  const int64_t r_begin = p.strided ? 0 : int64_t(chunk) * p.chunk, r_end = p.strided ? n : min(n, r_begin + p.chunk);
   const int G = p.group, qh0 = unit * G;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const T* K = static_cast<const T*>(sq.k) + unit * sq.k_head;
   const T* V = static_cast<const T*>(sq.v) + unit * sq.v_head;
 
-  // This warp's tiles (the block's 4 warps always stream neighbouring tiles). Static, strided: the unit's tiles in
+  // This warp's tiles (the block's 4 warps always stream neighbouring tiles). Strided (default): the unit's tiles in
   // pieces of kWarps, block c of P taking pieces c, c + P, ..., so the P blocks of a unit read one contiguous window
-  // and differ by at most one piece; the host makes the chunk at least one piece, so every block has rows. Static,
-  // chunks: rows [c chunk, (c + 1) chunk) per block, tile warp + kWarps i of the chunk. Dynamic: see above; `tq`
-  // holds the tiles of the stages in flight, oldest first (ascending: the window's tiles come before every claim).
+  // and differ by at most one piece (no static tail); the host makes the chunk at least one piece, so every block
+  // has rows. Chunks: rows [c chunk, (c + 1) chunk) per block, tile warp + kWarps i of the chunk. (Run 3: at two
+  // blocks per SM neither layout was better; the final launch shape was measured with the strided one.)
   const int tiles = int((r_end - r_begin + KS - 1) / KS);
-  const int nwarps = nchunks * kWarps, gw = chunk * kWarps + warp;
-  const int first = p.strided ? gw : warp;
-  const int step = p.strided ? nwarps : kWarps;
+  const int first = p.strided ? chunk * kWarps + warp : warp;
+  const int step = p.strided ? kWarps * nchunks : kWarps;
   const int my_tiles = first < tiles ? (tiles - first + step - 1) / step : 0;
-  uint32_t* ctr = p.ctr + int64_t(b) * p.units + unit;
-  const int claim_base = (S - 1) * nwarps;  // tiles below it are the window's; a claim v is tile claim_base + v
   T* wbuf = reinterpret_cast<T*>(dsm) + size_t(warp) * S * 2 * TILE;
   auto tile_key0 = [&](int i) { return r_begin + int64_t(first + step * i) * KS; };
-  auto issue_tile = [&](int slot, int64_t key0) {
-    T* kd = wbuf + slot * 2 * TILE;
+  auto issue = [&](int i) {
+    T* kd = wbuf + (i % S) * 2 * TILE;
     T* vd = kd + TILE;
+    const int64_t key0 = tile_key0(i);
 #pragma unroll
     for (int j = 0; j < KS * CPR / 32; ++j) {
       const int e = lane + 32 * j, r = e / CPR, c = e % CPR;
@@ -173,31 +164,10 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
       cp_async16(vd + r * D + pc * 8, V + row * sq.v_tok + c * 8, valid);
     }
   };
-  int tq[S - 1] = {};
-  unsigned pend = 0;  // lane 0: the claim made one iteration ahead
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) {
-    if constexpr (DYN) {
-      tq[s] = s * nwarps + gw;
-      if (tq[s] < tiles) issue_tile(s, int64_t(tq[s]) * KS);
-    } else {
-      if (s < my_tiles) issue_tile(s, tile_key0(s));
-    }
+    if (s < my_tiles) issue(s);
     cp_async_commit();
-  }
-  if constexpr (DYN) {
-    if (lane == 0 && tq[S - 2] < tiles) pend = atomicAdd(ctr, 1u);
-  }
-  if (p.prefetch) {  // one word per 64 KB of the unit's K and V rows, spread over the unit's blocks and lanes
-    const int64_t kb = ((r_end - r_begin - 1) * sq.k_tok + D) * int64_t(sizeof(T));  // to the last row's end
-    const int64_t vb = ((r_end - r_begin - 1) * sq.v_tok + D) * int64_t(sizeof(T));
-    const char* k0 = reinterpret_cast<const char*>(K + r_begin * sq.k_tok);
-    const char* v0 = reinterpret_cast<const char*>(V + r_begin * sq.v_tok);
-    for (int64_t o = (int64_t(chunk) * kThreads + tid) << 16; o < kb || o < vb; o += int64_t(nchunks) * kThreads << 16) {
-      unsigned x;
-      if (o < kb) asm volatile("ld.global.cg.b32 %0, [%1];\n" : "=r"(x) : "l"(k0 + o));
-      if (o < vb) asm volatile("ld.global.cg.b32 %0, [%1];\n" : "=r"(x) : "l"(v0 + o));
-    }
   }
 
   // Q as the A operand (row g, columns 2t, 2t + 1 and 2t + 8, 2t + 9 of each 16-column step), split into terms;
@@ -224,27 +194,14 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   const int lrow = (lane & 7) + 8 * (lane >> 4), lhalf = (lane >> 3) & 1, lsw = lane & 7;
   const uint32_t wbuf_s = static_cast<uint32_t>(__cvta_generic_to_shared(wbuf));
 
-  for (int i = 0; DYN ? tq[0] < tiles : i < my_tiles; ++i) {
-    int64_t key0;
-    if constexpr (DYN) {
-      const int nt = int(claim_base + __shfl_sync(0xffffffffu, pend, 0));  // the claim made an iteration ago
-      if (nt < tiles) {
-        issue_tile((i + S - 1) % S, int64_t(nt) * KS);
-        if (lane == 0) pend = atomicAdd(ctr, 1u);
-      }
-      key0 = int64_t(tq[0]) * KS;
-#pragma unroll
-      for (int s = 0; s < S - 2; ++s) tq[s] = tq[s + 1];
-      tq[S - 2] = nt;
-    } else {
-      if (i + S - 1 < my_tiles) issue_tile((i + S - 1) % S, tile_key0(i + S - 1));
-      key0 = tile_key0(i);
-    }
+  for (int i = 0; i < my_tiles; ++i) {
+    if (i + S - 1 < my_tiles) issue(i + S - 1);
     cp_async_commit();
     cp_async_wait<S - 1>();
     __syncwarp();  // every lane's copies of tile i have landed
     const uint32_t ks = wbuf_s + uint32_t((i % S) * 2 * TILE * sizeof(T));
     const uint32_t vs = ks + uint32_t(TILE * sizeof(T));
+    const int64_t key0 = tile_key0(i);
 
     // Scores: one accumulator per term (shorter dependent mma chains), summed after.
     float sc[KG][2][NT][4];
@@ -358,9 +315,6 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
       if (d == 0) p.part_ml[pc * 2] = s_M[q], p.part_ml[pc * 2 + 1] = s_L[q];
     }
   }
-  if constexpr (DYN) {
-    if (nchunks == 1 && tid == 0) *ctr = 0;  // every warp's claims are done (the barriers above)
-  }
   if (nchunks == 1) return;
   __threadfence();
   __syncthreads();
@@ -371,22 +325,19 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   __threadfence();
   merge_partials_online<D, kThreads>(p.part_ml + hbase * 2, p.part + hbase * D, nchunks, p.max_chunks, G,
                                      p.out + (int64_t(b) * p.n_heads + qh0) * D);
-  if (tid == 0) {
-    *done = 0;
-    if constexpr (DYN) *ctr = 0;  // every block of the unit has arrived, so made its last claim
-  }
+  if (tid == 0) *done = 0;
 }
 
 // Launch shape (NOTES v7 runs 1-3, v8-dense). Default: one block per SM (the block asks for more than half of the
-// shared memory) with 6 pipeline stages, and the dynamic schedule over min(kMaxDynChunks, SMs / units) blocks per
-// (sequence, KV head) where that is more than one; else the static strided split over at most kMaxChunks blocks.
+// shared memory, although it uses 96 KB), 3 pipeline stages, at most kMaxChunks blocks per (sequence, KV head): runs
+// 2-3 measured both as best or within noise for every shape, and more blocks per KV head at GQA batch 1 as slower
+// (up to 25%); v8-dense measured 6 stages and a dynamic schedule (tile claims from a counter) as slower too.
 // Knobs (environment, read per call; for A/B runs of the benchmark and the tests; a bad value is an error):
-// ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head); ADAMAS_CUDA_DENSE_SCHED=static|dynamic;
-// ADAMAS_CUDA_DENSE_STAGES=3|6; ADAMAS_CUDA_DENSE_LAYOUT=chunks (the static split in contiguous chunks of rows per
-// block, v7 runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 (two blocks per SM, 3 stages); ADAMAS_CUDA_DENSE_PREFETCH=1 (page touches).
-constexpr int64_t kMaxChunks = 8, kMaxDynChunks = 16;
+// ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head); ADAMAS_CUDA_DENSE_LAYOUT=chunks contiguous chunks of rows
+// per block (runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 two blocks per SM (runs 1-2); ADAMAS_CUDA_DENSE_STAGES=2|3|4.
+constexpr int64_t kMaxChunks = 8;
 struct Knobs {
-  int split = 0, chunks = 0, one_per_sm = 1, sched = -1, stages = 0, prefetch = 0;  // sched/stages: -1/0 = default
+  int split = 0, chunks = 0, one_per_sm = 1, stages = 3;
 };
 Knobs read_knobs(const char* where) {
   Knobs k;
@@ -394,16 +345,12 @@ Knobs read_knobs(const char* where) {
   k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT").c_str());
   k.chunks = get("ADAMAS_CUDA_DENSE_LAYOUT") == "chunks";
   k.one_per_sm = get("ADAMAS_CUDA_DENSE_OCC") != "2";
-  k.prefetch = get("ADAMAS_CUDA_DENSE_PREFETCH") == "1";
-  const std::string sched = get("ADAMAS_CUDA_DENSE_SCHED"), stages = get("ADAMAS_CUDA_DENSE_STAGES");
-  CUDA_REQUIRE(sched.empty() || sched == "static" || sched == "dynamic", ErrorKind::invalid_argument, where,
-               ": ADAMAS_CUDA_DENSE_SCHED must be static or dynamic (got '", sched, "')");
-  CUDA_REQUIRE(stages.empty() || stages == "3" || stages == "6", ErrorKind::invalid_argument, where,
-               ": ADAMAS_CUDA_DENSE_STAGES must be 3 or 6 (got '", stages, "')");
-  CUDA_REQUIRE(!(stages == "6" && !k.one_per_sm), ErrorKind::invalid_argument, where,
-               ": ADAMAS_CUDA_DENSE_STAGES=6 needs one block per SM (not ADAMAS_CUDA_DENSE_OCC=2)");
-  if (!sched.empty()) k.sched = sched == "dynamic";
+  const std::string stages = get("ADAMAS_CUDA_DENSE_STAGES");
+  CUDA_REQUIRE(stages.empty() || stages == "2" || stages == "3" || stages == "4", ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE_STAGES must be 2, 3 or 4 (got '", stages, "')");
   if (!stages.empty()) k.stages = std::atoi(stages.c_str());
+  CUDA_REQUIRE(k.one_per_sm || k.stages <= 3, ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE_STAGES=4 needs one block per SM (not ADAMAS_CUDA_DENSE_OCC=2)");
   return k;
 }
 constexpr size_t kWholeSmem = 200 * 1024;  // more than half of an SM's shared memory: one block per SM
@@ -411,31 +358,29 @@ constexpr size_t kWholeSmem = 200 * 1024;  // more than half of an SM's shared m
 using GroupKernel = void (*)(const DenseGroupParams);
 
 template <int D, class T>
-GroupKernel pick_dt(int stages, bool dyn) {
-  if (stages == 6) return dyn ? dense_group_kernel<D, T, 6, true> : dense_group_kernel<D, T, 6, false>;
-  return dyn ? dense_group_kernel<D, T, 3, true> : dense_group_kernel<D, T, 3, false>;
+GroupKernel pick_dt(int stages) {
+  return stages == 2 ? dense_group_kernel<D, T, 2> : stages == 4 ? dense_group_kernel<D, T, 4> : dense_group_kernel<D, T, 3>;
 }
-GroupKernel pick_kernel(int D, DType dt, int stages, bool dyn) {
+GroupKernel pick_kernel(int D, DType dt, int stages) {
   const bool h = dt == DType::f16;
-  if (D == 64) return h ? pick_dt<64, __half>(stages, dyn) : pick_dt<64, __nv_bfloat16>(stages, dyn);
-  return h ? pick_dt<128, __half>(stages, dyn) : pick_dt<128, __nv_bfloat16>(stages, dyn);
+  if (D == 64) return h ? pick_dt<64, __half>(stages) : pick_dt<64, __nv_bfloat16>(stages);
+  return h ? pick_dt<128, __half>(stages) : pick_dt<128, __nv_bfloat16>(stages);
 }
-size_t stages_smem(int D, int stages) { return size_t(kWarps) * stages * 2 * 16 * (128 / D) * D * 2; }
+// Shared memory of the stages: 8 KB of K and V per warp and stage at every head_dim (16 rows at 128, 32 at 64).
+size_t stages_smem(int stages) { return size_t(kWarps) * stages * 8192; }
 
 // Blocks of `kernel` resident per multiprocessor at `smem` bytes (sets its shared-memory attribute once; cached).
 int blocks_per_sm(GroupKernel kernel, size_t smem) {
   static std::mutex mu;
   static std::map<std::pair<const void*, size_t>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), smem);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  check_cuda(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(kWholeSmem)),
+  const void* f = reinterpret_cast<const void*>(kernel);
+  if (auto it = cache.find({f, smem}); it != cache.end()) return it->second;
+  check_cuda(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWholeSmem)),
              "dense group smem attribute");
   int v = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, reinterpret_cast<const void*>(kernel), kThreads, smem),
-             "dense group occupancy");
-  return cache[key] = std::max(v, 1);
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, f, kThreads, smem), "dense group occupancy");
+  return cache[{f, smem}] = std::max(v, 1);
 }
 
 }  // namespace
@@ -459,23 +404,19 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   auto& Sx = ws.state();
   int64_t rows_max = 0;
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
-  // One wave (blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch); chunks of at
-  // least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
+  // One wave (blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch), at most
+  // kMaxChunks per pair; chunks of at least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
   const Knobs kn = read_knobs(where);
-  const int stages = kn.one_per_sm ? (kn.stages ? kn.stages : 6) : 3;  // two blocks per SM fit 3 stages only
-  const int64_t units = std::min<int64_t>(batch, kMaxBatch) * kvh;
-  const int64_t fit = std::max<int64_t>(1, Sx.sms / units);  // blocks per unit at one per SM (the default)
-  const bool dyn = kn.sched >= 0 ? kn.sched == 1 : !kn.chunks && std::min(fit, kMaxDynChunks) > 1;
-  const size_t smem = kn.one_per_sm ? kWholeSmem : stages_smem(D, stages);
-  const GroupKernel kernel = pick_kernel(D, k0.dtype, stages, dyn);
+  const size_t smem = kn.one_per_sm ? kWholeSmem : stages_smem(kn.stages);
+  const GroupKernel kernel = pick_kernel(D, k0.dtype, kn.stages);
   const int64_t slots = int64_t(blocks_per_sm(kernel, smem)) * Sx.sms;
-  const int64_t wave = std::min(dyn ? kMaxDynChunks : kMaxChunks, std::max<int64_t>(1, slots / units));
+  const int64_t wave = std::min(kMaxChunks, slots / std::min<int64_t>(batch, kMaxBatch) / kvh);
   const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : wave, 1, 256);
   const int64_t chunk = std::max<int64_t>(64 * 128 / D, (rows_max + per_unit - 1) / per_unit);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
   float* part_ml = Sx.part + batch * n_heads * max_chunks * D;
-  ensure(&Sx.done, &Sx.done_bytes, size_t(batch * kvh) * 8, true);  // arrivals, then the dynamic schedule's claims
+  ensure(&Sx.done, &Sx.done_bytes, size_t(batch * kvh) * 4, true);
   for (size_t c = 0; c < chunks.size(); ++c) {
     const int64_t b0 = int64_t(c) * kMaxBatch;
     DenseGroupParams p{};
@@ -488,16 +429,13 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     p.part = Sx.part + b0 * n_heads * max_chunks * D;
     p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
     p.done = Sx.done + b0 * kvh;
-    p.ctr = Sx.done + batch * kvh + b0 * kvh;
-    p.prefetch = kn.prefetch;
     p.out = out + b0 * n_heads * D;
     const dim3 grid(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
     if (launch_verbose()) {
       char line[256];
-      std::snprintf(line, sizeof line, "[adamas] attend dense group (v8) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
-                    "%s, %d stages, %d per SM%s\n", D, G, grid.x, grid.y, grid.z, (long long)chunk,
-                    dyn ? "dynamic" : kn.chunks ? "chunks" : "strided", stages, blocks_per_sm(kernel, smem),
-                    kn.prefetch ? ", page touches" : "");
+      std::snprintf(line, sizeof line, "[adamas] attend dense group (v7) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
+                    "%s, %d stages, %d per SM\n", D, G, grid.x, grid.y, grid.z, (long long)chunk,
+                    kn.chunks ? "chunks" : "strided", kn.stages, blocks_per_sm(kernel, smem));
       verbose_print(line);
     }
     void* args[] = {&p};
