@@ -9,12 +9,12 @@
 //   [--touch] [--probe]
 // --allocs R (default 3): every (shape, batch, context) is measured in R rounds, each on K/V allocated afresh behind
 // a spacer of (round x 98 MB), so each round's buffers sit on other physical pages; every number printed is the
-// median of the rounds' medians (SDPA: the same rounds in sdpa_baseline.py). Why: NOTES v8-dense (one allocation's
-// GQA batch-1 time differed from another's by up to ~17%). --shapes takes a list in order, repeats allowed
-// (e.g. gqa,mha,gqa: the GQA rows again after the MHA batch-16 shapes).
+// median of the rounds' medians, the lowest-highest round beside it with --dense-only (SDPA: the same rounds in
+// sdpa_baseline.py); NOTES v8-dense measured < 1 us between rounds at GQA 32K batch 1 once the GPU had settled.
+// --shapes takes a list in order, repeats allowed (e.g. gqa,mha,gqa: the GQA rows again after the MHA batch-16 shapes).
 // --settle S (default 2 seconds): idle time before each (shape, batch, context), so that each starts from the same
-// GPU state (NOTES v8-dense: for ~1-2 s after the batch-16 shapes, GQA batch 1 at 32K ran ~8 us slower, in every
-// kernel, then recovered within one allocation round); SDPA gets the same pause.
+// GPU state (NOTES v8-dense: for a fraction of a second after the MHA batch-16 shapes freed their 34 GB, every kernel
+// at GQA 32K batch 1, a plain read of its bytes too, ran ~9 us slower); SDPA gets the same pause.
 // --dense-only prints a `read` row per shape: one kernel reading the same K and V bytes and nothing else, the floor a
 // dense kernel can approach under this timer. --touch (with --dense-only): one more row, our kernel with one word per
 // 64 KB of K and V loaded between the flush and the timed launch (a diagnostic of the pages' address translation
