@@ -331,6 +331,15 @@ std::vector<SelectCase> select_cases() {
   v.push_back({"few_distances_shared", {64, 8, 1, DType::f16, {25000}, 1.0, 3}, 64, 0, 0, GroupSelection::shared_sum});
   v.push_back({"budget_covers_all", {128, 4, 4, DType::f16, {300, 256, 4000}, 1.0, 0}, 512, 0, 0, GroupSelection::per_head});
   v.push_back({"budget_one", {128, 2, 2, DType::f16, {5000}, 1.0, 0}, 1, 0, 0, GroupSelection::per_head});
+  // v8: the tensor-core distance pass (G = 2 and 4) at every head dimension, per head and shared
+  v.push_back({"gqa4_d64", {64, 8, 2, DType::f16, {9000, 33}, 1.0, 0}, 300, 2, 4, GroupSelection::per_head});
+  v.push_back({"gqa4_d256_bf16", {256, 8, 2, DType::bf16, {5000, 17}, 1.0, 0}, 128, 0, 3, GroupSelection::per_head});
+  v.push_back({"gqa2_d256_shared_random_codes", {256, 4, 2, DType::f16, {7000}, 1.0, 1}, 200, 1, 2,
+               GroupSelection::shared_sum});
+  v.push_back({"gqa2_d64_shared_few_distances", {64, 4, 2, DType::f16, {6000}, 1.0, 3}, 100, 0, 0,
+               GroupSelection::shared_sum});
+  v.push_back({"gqa4_d128_shared_random_codes", {128, 16, 4, DType::f16, {11000}, 1.0, 1}, 256, 3, 5,
+               GroupSelection::shared_sum});
   return v;
 }
 

@@ -17,13 +17,14 @@
 #include <cooperative_groups.h>
 
 #include "attention/cuda/common.cuh"
+#include "attention/cuda/distance.cuh"
 #include "attention/cuda/launch.h"
 
 namespace adamas::cuda {
 namespace detail {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kDistThreads;  // 256
 constexpr int kCompactPerThread = 16;
 constexpr int kCompactTile = kThreads * kCompactPerThread;  // 4096 tokens
 
@@ -75,26 +76,6 @@ __device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* w
 }
 
 // ---- 1. estimate ---------------------------------------------------------------------------------------------
-
-// One warp encodes query head qh of sequence b: load, rotate, bucketize with its thresholds, store D / 4 code
-// bytes at dst. P is any kernel's parameter block with q, n_heads, hscale, qthr and cfg_thr.
-// In two steps (v5): load_query issues the loads, finish_query (after other loads are issued) rotates and stores.
-template <int D, class P>
-__device__ __forceinline__ void load_query(const P& p, int b, int qh, float (&x)[D / 32]) {
-  load_lane<D, float>(p.q + (int64_t(b) * p.n_heads + qh) * D, x);
-}
-template <int D, class P>
-__device__ __forceinline__ void finish_query(const P& p, int qh, float (&x)[D / 32], uint32_t* dst) {
-  warp_hadamard<D>(x, p.hscale);
-  const Thr th = p.qthr ? p.qthr[qh] : p.cfg_thr;
-  warp_encode_store<D>(x, th, reinterpret_cast<uint8_t*>(dst));
-}
-template <int D, class P>
-__device__ __forceinline__ void encode_query(const P& p, int b, int qh, uint32_t* dst) {
-  float x[D / 32];
-  load_query<D>(p, b, qh, x);
-  finish_query<D>(p, qh, x, dst);
-}
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) estimate_kernel(const __grid_constant__ SelectParams p) {
@@ -369,83 +350,6 @@ constexpr size_t kFusedSmemMax = 160 * 1024;  // the fused kernel's shared memor
 
 // ---- shared by the fused (v3) and grid (v4) kernels ------------------------------------------------------------
 
-// One lane's share of a key (4 code words, 64 codes) for the L1 against a query's words, both sides prepared once:
-// p = thermometer-packed words (bits c>=1, c>=3), y = the middle bits (c>=2) of two words merged into one word
-// (word 0's odd bits, word 1's shifted to the even ones). The 6 words' bit counts sum to the L1 (v4; v3 counted 8).
-struct LaneCodes {
-  uint32_t p[4], y[2];
-};
-__device__ __forceinline__ uint32_t merge_mid(uint32_t w0, uint32_t w1) {
-  return (w0 & 0xAAAAAAAAu) | ((w1 & 0xAAAAAAAAu) >> 1);
-}
-__device__ __forceinline__ LaneCodes lane_codes(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) {
-  LaneCodes c;
-  c.p[0] = therm_pack(w0), c.p[1] = therm_pack(w1), c.p[2] = therm_pack(w2), c.p[3] = therm_pack(w3);
-  c.y[0] = merge_mid(w0, w1), c.y[1] = merge_mid(w2, w3);
-  return c;
-}
-// L1 over the lane's 64 codes: the 6 difference words go through two carry-save adders (xor3 and majority: one
-// LOP3 each) into two words of weight 1 and two of weight 2, so 4 POPC instead of v3's 8. POPC issues at 16/clk/SM
-// and bounded the distance pass of GQA (4 query heads per key).
-__device__ __forceinline__ int lane_l1(const LaneCodes& q, const LaneCodes& k) {
-  const uint32_t x0 = q.p[0] ^ k.p[0], x1 = q.p[1] ^ k.p[1], x2 = q.p[2] ^ k.p[2], x3 = q.p[3] ^ k.p[3];
-  const uint32_t y0 = q.y[0] ^ k.y[0], y1 = q.y[1] ^ k.y[1];
-  const uint32_t s1 = x0 ^ x1 ^ x2, c1 = (x0 & x1) | (x2 & (x0 ^ x1));
-  const uint32_t s2 = x3 ^ y0 ^ y1, c2 = (x3 & y0) | (y1 & (x3 ^ y0));
-  return __popc(s1) + __popc(s2) + 2 * (__popc(c1) + __popc(c2));
-}
-
-// v6, shared_sum: the group's summed L1 in one pass over bit planes instead of G per-head L1s. Per thermometer bit of
-// the lane's 6 words (the layout of LaneCodes), the G query heads differ from the key's bit in m heads (key bit 1:
-// the heads whose bit is 0) or n heads (key bit 0: the heads whose bit is 1). n and m (0..G) are kept as NB bit planes
-// per word, made once per block; per key and plane: 6 selects (one LOP3 each), two carry-save adders, 4 POPC. G = 4:
-// 3 planes, ~53 instructions per lane and key instead of ~79 (4 x lane_l1 + 4 shuffles); G = 8: 4 planes vs 8 heads.
-template <int G>
-struct GroupPlanes {
-  static constexpr int NB = G == 2 ? 2 : G == 4 ? 3 : 4;  // bits of 0..G
-  uint32_t n[6][NB], m[6][NB];
-};
-__device__ __forceinline__ uint32_t lane_word(const LaneCodes& c, int w) { return w < 4 ? c.p[w] : c.y[w - 4]; }
-template <int G>
-__device__ __forceinline__ GroupPlanes<G> group_planes(const LaneCodes (&qc)[G]) {
-  constexpr int NB = GroupPlanes<G>::NB;
-  GroupPlanes<G> gp;
-#pragma unroll
-  for (int w = 0; w < 6; ++w) {
-#pragma unroll
-    for (int b = 0; b < NB; ++b) gp.n[w][b] = 0, gp.m[w][b] = 0;
-#pragma unroll
-    for (int g = 0; g < G; ++g) {  // bit-sliced increments: n += bit, m += !bit
-      uint32_t x = lane_word(qc[g], w), y = ~x;
-#pragma unroll
-      for (int b = 0; b < NB; ++b) {
-        const uint32_t cx = gp.n[w][b] & x, cy = gp.m[w][b] & y;
-        gp.n[w][b] ^= x, gp.m[w][b] ^= y;
-        x = cx, y = cy;
-      }
-    }
-  }
-  return gp;
-}
-template <int G>
-__device__ __forceinline__ int lane_group_l1(const GroupPlanes<G>& gp, const LaneCodes& k) {
-  constexpr int NB = GroupPlanes<G>::NB;
-  int d = 0;
-#pragma unroll
-  for (int b = 0; b < NB; ++b) {
-    uint32_t x[6];
-#pragma unroll
-    for (int w = 0; w < 6; ++w) {
-      const uint32_t kw = lane_word(k, w);
-      x[w] = (kw & gp.m[w][b]) | (~kw & gp.n[w][b]);
-    }
-    const uint32_t s1 = x[0] ^ x[1] ^ x[2], c1 = (x[0] & x[1]) | (x[2] & (x[0] ^ x[1]));
-    const uint32_t s2 = x[3] ^ x[4] ^ x[5], c2 = (x[3] & x[4]) | (x[5] & (x[3] ^ x[4]));
-    d += (__popc(s1) + __popc(s2) + 2 * (__popc(c1) + __popc(c2))) << b;
-  }
-  return d;
-}
-
 // Block `rank` of `parts` over a sequence of n tokens: tokens [*t_begin, *t_begin + returned count), a multiple of
 // 8 per block (the last one shorter, later ones empty).
 __device__ __forceinline__ int block_tokens(int64_t n, int parts, int rank, int64_t* t_begin) {
@@ -466,97 +370,6 @@ __device__ __forceinline__ void keep_all(int64_t t_begin, int len, int64_t n, bo
     int32_t* out = out_row0 + r * cap;
     for (int i = threadIdx.x; i < len; i += kThreads) out[t_begin + i] = int32_t(t_begin + i);
     if (first_block && threadIdx.x == 0) counts_row0[r] = int32_t(n);
-  }
-}
-
-// Distance pass of one block of sequence b: the G query heads' codes are made (into qw_s, [G][D/16] words) and
-// hist[R][bins] cleared while the first code loads are in flight; then every token of [t_begin, t_begin + len) of
-// KV head `kvh` gets its u16 distance per row in dist[R][tmax] (the sum over the group when SHARED) and middle
-// tokens ([s0, tail)) are counted in hist. Each lane loads 16 bytes of a key (D / 64 lanes per token), U loads in
-// flight per thread; a warp covers 512 contiguous code bytes.
-template <int D, int G, bool SHARED, class Params>
-__device__ __forceinline__ void distance_pass(const Params& p, int b, int kvh, int64_t t_begin, int len, int64_t s0,
-                                              int64_t tail, uint32_t* qw_s, uint16_t* dist, uint32_t* hist) {
-  constexpr int R = SHARED ? 1 : G;
-  const SeqDesc& sq = p.bd.seq[b];
-  const int tmax = p.tmax, bins = p.bins, vec_codes = p.vec_codes;
-  constexpr int W = D / 16;
-  constexpr int LPT = D / 64;
-  constexpr int U = D <= 128 ? 8 : 4;
-  constexpr int TPI = kThreads / LPT;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int part = lane % LPT;
-  const uint8_t* cbase = sq.codes + kvh * sq.c_head;
-  const uint8_t* cblock = cbase + t_begin * sq.c_tok + part * 16;
-  auto load = [&](int it, int u, uint4& v) {
-    const int local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
-    v = make_uint4(0, 0, 0, 0);
-    if (local < len) {
-      const uint8_t* ptr = cblock + int64_t(local) * sq.c_tok;
-      if (vec_codes) {
-        v = __ldg(reinterpret_cast<const uint4*>(ptr));
-      } else {
-        const uint32_t* w = reinterpret_cast<const uint32_t*>(ptr);
-        v = make_uint4(__ldg(w), __ldg(w + 1), __ldg(w + 2), __ldg(w + 3));
-      }
-    }
-  };
-  // v5: the query's loads go out before the first code loads (v4 issued them after 8 x 16 bytes per thread of codes
-  // from every block, and they queued behind those megabytes: query codes made at 3.5 us at 32K, 5 us at GQA 128K).
-  float xq[D / 32];
-  if (warp < G) load_query<D>(p, b, kvh * G + warp, xq);
-  uint4 buf[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) load(0, u, buf[u]);  // in flight while the query codes are made
-  for (int i = tid; i < R * bins; i += kThreads) hist[i] = 0;
-  if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
-  __syncthreads();
-  ADAMAS_STAMP(p.stamps, 1);
-  LaneCodes qc[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const uint32_t* w = qw_s + g * W + part * 4;
-    qc[g] = lane_codes(w[0], w[1], w[2], w[3]);
-  }
-  [[maybe_unused]] GroupPlanes<SHARED ? G : 2> gp;
-  if constexpr (SHARED) gp = group_planes<G>(qc);
-  // middle tokens of this block: local indices [mid_lo, mid_hi)
-  const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
-  const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
-  const int iters = (len + U * TPI - 1) / (U * TPI);
-  for (int it = 0; it < iters; ++it) {
-    if (it > 0) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) load(it, u, buf[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const LaneCodes kc = lane_codes(buf[u].x, buf[u].y, buf[u].z, buf[u].w);
-      constexpr int ND = SHARED ? 1 : G;  // shared: the group's sum in d[0]
-      int d[ND];
-#pragma unroll
-      for (int g = 0; g < ND; ++g) {
-        if constexpr (SHARED) d[g] = lane_group_l1<G>(gp, kc);
-        else d[g] = lane_l1(qc[g], kc);
-#pragma unroll
-        for (int o = 1; o < LPT; o *= 2) d[g] += __shfl_xor_sync(0xffffffffu, d[g], o);
-      }
-      const int local = (it * U + u) * TPI + (warp * 32 + lane) / LPT;
-      if (part == 0 && local < len) {
-        const bool mid = local >= mid_lo && local < mid_hi;
-        if constexpr (SHARED) {
-          const int sum = d[0];
-          dist[local] = uint16_t(sum);
-          if (mid) atomicAdd(&hist[sum], 1u);
-        } else {
-#pragma unroll
-          for (int g = 0; g < G; ++g) {
-            dist[g * tmax + local] = uint16_t(d[g]);
-            if (mid) atomicAdd(&hist[g * bins + d[g]], 1u);
-          }
-        }
-      }
-    }
   }
 }
 
