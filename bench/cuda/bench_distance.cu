@@ -123,7 +123,7 @@ __device__ __forceinline__ void distance_pass_hs(const P& p, int kvh, int64_t t_
   }
 }
 
-enum Method { kInt, kHs, kMma };
+enum Method { kInt, kHs, kMma, kIntDb, kMma1 };  // Db / mma: two batches of loads in flight; mma1: one
 
 template <int D, int G, bool SHARED, int M>
 __global__ void __launch_bounds__(kDistThreads, 2) pass_kernel(const __grid_constant__ Params p) {
@@ -135,8 +135,10 @@ __global__ void __launch_bounds__(kDistThreads, 2) pass_kernel(const __grid_cons
   const int kvh = blockIdx.y;
   const int64_t n = p.bd.seq[0].n, t_begin = int64_t(blockIdx.x) * p.T;
   const int len = int(n - t_begin < p.T ? n - t_begin : int64_t(p.T));
-  if constexpr (M == kInt) distance_pass_int<D, G, SHARED>(p, 0, kvh, t_begin, len, 0, n, qw_s, dist, hist);
-  else if constexpr (M == kMma) distance_pass_mma<D, G, SHARED>(p, 0, kvh, t_begin, len, 0, n, qw_s, dist, hist);
+  if constexpr (M == kInt || M == kIntDb)
+    distance_pass_int<D, G, SHARED, M == kIntDb>(p, 0, kvh, t_begin, len, 0, n, qw_s, dist, hist);
+  else if constexpr (M == kMma || M == kMma1)
+    distance_pass_mma<D, G, SHARED, M == kMma>(p, 0, kvh, t_begin, len, 0, n, qw_s, dist, hist);
   else distance_pass_hs<G>(p, kvh, t_begin, len, qw_s, dist, hist);
   __syncthreads();
   uint32_t* ho = p.hist_out + int64_t(kvh) * R * p.bins;
@@ -174,7 +176,9 @@ struct Case {
   int method;
   int vec = 1;  // 0: 4-byte code loads (the path for codes that are not 16-byte aligned)
 };
-const char* method_name(int m) { return m == kInt ? "int" : m == kHs ? "hs" : "mma"; }
+const char* method_name(int m) {
+  return m == kInt ? "int" : m == kHs ? "hs" : m == kMma ? "mma" : m == kIntDb ? "int-db" : "mma-1";
+}
 
 template <class F>
 void dispatch(const Case& c, F&& f) {
@@ -191,6 +195,16 @@ void dispatch(const Case& c, F&& f) {
       if (c.G == 2) return c.shared ? f.template operator()<D, 2, true, kMma>() : f.template operator()<D, 2, false, kMma>();
       if (c.G == 4) return c.shared ? f.template operator()<D, 4, true, kMma>() : f.template operator()<D, 4, false, kMma>();
       std::fprintf(stderr, "mma: G = 2 or 4 only\n");
+      std::exit(2);
+    }
+    if (c.method == kMma1) {
+      if (c.G == 4) return c.shared ? f.template operator()<D, 4, true, kMma1>() : f.template operator()<D, 4, false, kMma1>();
+      std::fprintf(stderr, "mma-1: G = 4 only\n");
+      std::exit(2);
+    }
+    if (c.method == kIntDb) {
+      if (c.G == 1) return f.template operator()<D, 1, false, kIntDb>();
+      std::fprintf(stderr, "int-db: G = 1 only\n");
       std::exit(2);
     }
     switch (c.G) {
@@ -253,12 +267,13 @@ int main(int argc, char** argv) {
   // Codes and queries: fresh random bytes (every code value equally likely) and f32 queries.
   std::mt19937 rng(seed);
   const std::vector<Case> cases = {
-      {128, 1, false, kInt}, {128, 4, false, kInt}, {128, 4, false, kHs}, {128, 4, false, kMma},
-      {128, 4, true, kInt},  {128, 4, true, kMma},  {128, 2, false, kInt}, {128, 2, false, kMma},
-      {128, 2, true, kInt},  {128, 2, true, kMma},  {64, 1, false, kInt},  {64, 4, false, kInt},
-      {64, 4, false, kMma},  {64, 4, true, kInt},   {64, 4, true, kMma},   {256, 4, false, kInt},
-      {256, 4, false, kMma}, {256, 2, true, kInt},  {256, 2, true, kMma}, {128, 4, false, kMma, 0},
-      {64, 2, false, kMma, 0}};
+      {128, 1, false, kInt},  {128, 1, false, kIntDb}, {128, 4, false, kInt},  {128, 4, false, kHs},
+      {128, 4, false, kMma1}, {128, 4, false, kMma},   {128, 4, true, kInt},   {128, 4, true, kMma1},
+      {128, 4, true, kMma},   {128, 2, false, kInt},   {128, 2, false, kMma},  {128, 2, true, kInt},
+      {128, 2, true, kMma},   {64, 1, false, kInt},    {64, 1, false, kIntDb}, {64, 4, false, kInt},
+      {64, 4, false, kMma},   {64, 4, true, kInt},     {64, 4, true, kMma},    {256, 1, false, kInt},
+      {256, 1, false, kIntDb}, {256, 4, false, kInt},  {256, 4, false, kMma},  {256, 2, true, kInt},
+      {256, 2, true, kMma},   {128, 4, false, kMma, 0}, {64, 2, false, kMma, 0}, {256, 4, true, kMma, 0}};
   std::printf("\n%-5s %-2s %-12s %-6s %9s %9s %7s %s\n", "d", "G", "rows", "pass", "us", "GB/s", "%copy", "check");
   int failures = 0;
   for (const Case& c : cases) {

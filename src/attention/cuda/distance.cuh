@@ -119,7 +119,7 @@ __device__ __forceinline__ int lane_group_l1(const GroupPlanes<G>& gp, const Lan
 // KV head `kvh` gets its u16 distance per row in dist[R][tmax] (the sum over the group when SHARED) and middle
 // tokens ([s0, tail)) are counted in hist. Each lane loads 16 bytes of a key (D / 64 lanes per token), U loads in
 // flight per thread; a warp covers 512 contiguous code bytes.
-template <int D, int G, bool SHARED, class Params>
+template <int D, int G, bool SHARED, bool DB = false, class Params>
 __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kvh, int64_t t_begin, int len, int64_t s0,
                                               int64_t tail, uint32_t* qw_s, uint16_t* dist, uint32_t* hist) {
   constexpr int R = SHARED ? 1 : G;
@@ -150,9 +150,13 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
   // from every block, and they queued behind those megabytes: query codes made at 3.5 us at 32K, 5 us at GQA 128K).
   float xq[D / 32];
   if (warp < G) load_query<D>(p, b, kvh * G + warp, xq);
-  uint4 buf[U];
+  uint4 buf[DB ? 2 : 1][U];
+  auto load_batch = [&](int it, uint4 (&bb)[U]) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) load(0, u, buf[u]);  // in flight while the query codes are made
+    for (int u = 0; u < U; ++u) load(it, u, bb[u]);
+  };
+  load_batch(0, buf[0]);  // in flight while the query codes are made
+  if constexpr (DB) load_batch(1, buf[DB ? 1 : 0]);
   for (int i = tid; i < R * bins; i += kDistThreads) hist[i] = 0;
   if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
   __syncthreads();
@@ -169,14 +173,10 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
   const int iters = (len + U * TPI - 1) / (U * TPI);
-  for (int it = 0; it < iters; ++it) {
-    if (it > 0) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) load(it, u, buf[u]);
-    }
+  auto compute = [&](int it, const uint4 (&bb)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const LaneCodes kc = lane_codes(buf[u].x, buf[u].y, buf[u].z, buf[u].w);
+      const LaneCodes kc = lane_codes(bb[u].x, bb[u].y, bb[u].z, bb[u].w);
       constexpr int ND = SHARED ? 1 : G;  // shared: the group's sum in d[0]
       int d[ND];
 #pragma unroll
@@ -201,6 +201,21 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
           }
         }
       }
+    }
+  };
+  if constexpr (DB) {  // v8: batch it + 2 is requested as soon as batch it is computed (two in flight)
+    for (int it = 0; it < iters; it += 2) {
+      compute(it, buf[0]);
+      if (it + 2 < iters) load_batch(it + 2, buf[0]);
+      if (it + 1 < iters) {
+        compute(it + 1, buf[DB ? 1 : 0]);
+        if (it + 3 < iters) load_batch(it + 3, buf[DB ? 1 : 0]);
+      }
+    }
+  } else {
+    for (int it = 0; it < iters; ++it) {
+      if (it > 0) load_batch(it, buf[0]);
+      compute(it, buf[0]);
     }
   }
 }
@@ -316,7 +331,7 @@ __device__ __forceinline__ MmaOut mma_outputs(const int (&c)[4], int qs0, int qs
 // v8 distance pass, G = 2 or 4: the same contract as distance_pass_int. Warp w takes 16 consecutive keys per step
 // (the block 128); lane (g, t) loads code words [t CW, t CW + CW) of keys g and g + 8 (each load instruction of the
 // warp covers 256 contiguous bytes at d = 128); U steps of loads in flight per thread (32 registers, as v4-v7).
-template <int D, int G, bool SHARED, class Params>
+template <int D, int G, bool SHARED, bool DB = true, class Params>
 __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kvh, int64_t t_begin, int len,
                                                   int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
                                                   uint32_t* hist) {
@@ -348,18 +363,22 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
       for (int i = 0; i < CW; ++i) w[i] = __ldg(reinterpret_cast<const uint32_t*>(ptr) + i);
     }
   };
-  uint32_t lo[U][CW], hi[U][CW];
-  auto load = [&](int it) {
+  struct Batch {
+    uint32_t lo[U][CW], hi[U][CW];
+  };
+  Batch buf[DB ? 2 : 1];
+  auto load = [&](int it, Batch& bb) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int base = (it * U + u) * TPI + warp * 16;
-      load_key(base + g, lo[u]);
-      load_key(base + g + 8, hi[u]);
+      load_key(base + g, bb.lo[u]);
+      load_key(base + g + 8, bb.hi[u]);
     }
   };
   float xq[D / 32];
   if (warp < G) load_query<D>(p, b, kvh * G + warp, xq);
-  load(0);  // in flight while the query codes are made
+  load(0, buf[0]);  // in flight while the query codes are made
+  if constexpr (DB) load(1, buf[DB ? 1 : 0]);
   for (int i = tid; i < (SHARED ? 1 : G) * bins; i += kDistThreads) hist[i] = 0;
   if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
   __syncthreads();
@@ -375,12 +394,11 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
   const int iters = (len + U * TPI - 1) / (U * TPI);
-  for (int it = 0; it < iters; ++it) {
-    if (it > 0) load(it);
+  auto compute = [&](int it, const Batch& bb) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       int c[4];
-      mma_dots<CW>(mma_words<CW>(lo[u]), mma_words<CW>(hi[u]), bq, c);
+      mma_dots<CW>(mma_words<CW>(bb.lo[u]), mma_words<CW>(bb.hi[u]), bq, c);
       const MmaOut o = mma_outputs<G, SHARED>(c, qs0, qs1);
       const int local = (it * U + u) * TPI + warp * 16 + o.key;
       if (local < len) {
@@ -399,6 +417,21 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
           }
         }
       }
+    }
+  };
+  if constexpr (DB) {  // batch it + 2 is requested as soon as batch it is computed (two in flight)
+    for (int it = 0; it < iters; it += 2) {
+      compute(it, buf[0]);
+      if (it + 2 < iters) load(it + 2, buf[0]);
+      if (it + 1 < iters) {
+        compute(it + 1, buf[DB ? 1 : 0]);
+        if (it + 3 < iters) load(it + 3, buf[DB ? 1 : 0]);
+      }
+    }
+  } else {
+    for (int it = 0; it < iters; ++it) {
+      if (it > 0) load(it, buf[0]);
+      compute(it, buf[0]);
     }
   }
 }
