@@ -35,6 +35,30 @@ __device__ __forceinline__ void encode_query(const P& p, int b, int qh, uint32_t
 }
 
 
+// The pass's main loop over `iters` batches of code loads held in NB (1 or 2) register buffers, batch 0 (and 1 when
+// NB = 2) already requested: compute(it, buffer) after each batch lands; with one buffer the next batch is requested
+// after the previous one is computed (v4-v7), with two (v8) batch it + 2 as soon as batch it is computed, so one batch
+// is always in flight while another is computed.
+template <int NB, class Buf, class Load, class Compute>
+__device__ __forceinline__ void stream_batches(int iters, Buf (&buf)[NB], Load&& load, Compute&& compute) {
+  static_assert(NB == 1 || NB == 2, "one or two buffers");
+  if constexpr (NB == 2) {
+    for (int it = 0; it < iters; it += 2) {
+      compute(it, buf[0]);
+      if (it + 2 < iters) load(it + 2, buf[0]);
+      if (it + 1 < iters) {
+        compute(it + 1, buf[1]);
+        if (it + 3 < iters) load(it + 3, buf[1]);
+      }
+    }
+  } else {
+    for (int it = 0; it < iters; ++it) {
+      if (it > 0) load(it, buf[0]);
+      compute(it, buf[0]);
+    }
+  }
+}
+
 // ---- integer units (v4-v7) ------------------------------------------------------------------------------------
 
 // One lane's share of a key (4 code words, 64 codes) for the L1 against a query's words, both sides prepared once:
@@ -203,21 +227,7 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
       }
     }
   };
-  if constexpr (DB) {  // v8: batch it + 2 is requested as soon as batch it is computed (two in flight)
-    for (int it = 0; it < iters; it += 2) {
-      compute(it, buf[0]);
-      if (it + 2 < iters) load_batch(it + 2, buf[0]);
-      if (it + 1 < iters) {
-        compute(it + 1, buf[DB ? 1 : 0]);
-        if (it + 3 < iters) load_batch(it + 3, buf[DB ? 1 : 0]);
-      }
-    }
-  } else {
-    for (int it = 0; it < iters; ++it) {
-      if (it > 0) load_batch(it, buf[0]);
-      compute(it, buf[0]);
-    }
-  }
+  stream_batches(iters, buf, load_batch, compute);
 }
 
 
@@ -419,21 +429,7 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
       }
     }
   };
-  if constexpr (DB) {  // batch it + 2 is requested as soon as batch it is computed (two in flight)
-    for (int it = 0; it < iters; it += 2) {
-      compute(it, buf[0]);
-      if (it + 2 < iters) load(it + 2, buf[0]);
-      if (it + 1 < iters) {
-        compute(it + 1, buf[DB ? 1 : 0]);
-        if (it + 3 < iters) load(it + 3, buf[DB ? 1 : 0]);
-      }
-    }
-  } else {
-    for (int it = 0; it < iters; ++it) {
-      if (it > 0) load(it, buf[0]);
-      compute(it, buf[0]);
-    }
-  }
+  stream_batches(iters, buf, load, compute);
 }
 
 // The distance pass of the selection kernels: the tensor-core pass where it applies (G = 2, 4), else the integer one.
