@@ -23,6 +23,8 @@
 // (ADAMAS_CUDA_DENSE=v6) and PyTorch SDPA, each with GB/s and % of the copy bandwidth of the same run;
 // --dense-variants "A=1,B=2;C=3": one more row per variant (environment settings of the dense kernel, e.g. the
 // ADAMAS_CUDA_DENSE_* launch knobs of dense_group.cu), timed in the same run.
+// The `stream` column: decode_attention through the v8-stream persistent kernel (ADAMAS_CUDA_SELECT=stream, per-head
+// rows); --stream-variants "A=1;B=2": one more row per variant of its knobs (e.g. ADAMAS_CUDA_STREAM_COMPACT=warp).
 // --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
 // in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch.
 #include <cuda_runtime.h>
@@ -115,7 +117,14 @@ int main(int argc, char** argv) {
   std::string flush_mode = "read";
   std::string shapes_sel = "all";
   std::vector<int64_t> ctx_sel, budget_sel, batch_sel;
-  std::vector<std::string> dense_variants;
+  std::vector<std::string> dense_variants, stream_variants;
+  auto split_variants = [](const std::string& list, std::vector<std::string>& out) {  // "A=1,B=2;C=3" -> items
+    for (size_t b = 0; b <= list.size();) {
+      const size_t e = std::min(list.find(';', b), list.size());
+      if (e > b) out.push_back(list.substr(b, e - b));
+      b = e + 1;
+    }
+  };
   bool no_dense = false, probe = false, dense_only = false, touch = false;
   int allocs = 3;
   double settle = 2.0;
@@ -135,14 +144,8 @@ int main(int argc, char** argv) {
     else if (a == "--touch") touch = true;
     else if (a == "--allocs" && i + 1 < argc) allocs = std::atoi(argv[++i]);
     else if (a == "--settle" && i + 1 < argc) settle = std::atof(argv[++i]);
-    else if (a == "--dense-variants" && i + 1 < argc) {
-      const std::string list = argv[++i];
-      for (size_t b = 0; b <= list.size();) {
-        const size_t e = std::min(list.find(';', b), list.size());
-        if (e > b) dense_variants.push_back(list.substr(b, e - b));
-        b = e + 1;
-      }
-    }
+    else if (a == "--dense-variants" && i + 1 < argc) split_variants(argv[++i], dense_variants);
+    else if (a == "--stream-variants" && i + 1 < argc) split_variants(argv[++i], stream_variants);
     else if (a == "--probe") probe = true;
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
@@ -267,9 +270,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> table;
   char line[512];
   // GQA rows come twice: per-head selection and "-sh" = shared_sum (one selection per KV group).
-  std::snprintf(line, sizeof line, "%-16s %5s %7s %6s | %9s %7s %6s | %9s | %8s %8s %8s | %7s %7s", "shape",
-                "batch", "context", "budget", "dense_us", "GB/s", "%copy", "sdpa_us", "select", "attend", "adamas",
-                "x_sdpa", "x_dense");
+  std::snprintf(line, sizeof line, "%-16s %5s %7s %6s | %9s %7s %6s | %9s | %8s %8s %8s | %7s %7s | %8s %7s",
+                "shape", "batch", "context", "budget", "dense_us", "GB/s", "%copy", "sdpa_us", "select", "attend",
+                "adamas", "x_sdpa", "x_dense", "stream", "x_str");
   table.push_back(line);
   if (dense_only) {
     table.clear();
@@ -364,6 +367,13 @@ int main(int argc, char** argv) {
               const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
               const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
               res["sel " + key].push_back(sel), res["att " + key].push_back(att), res["tot " + key].push_back(tot);
+              // v8-stream: the same call through the persistent kernel (per-head rows) and its knob variants.
+              if (group == GroupSelection::per_head)
+                for (const std::string& var : [&] { auto v = stream_variants; v.insert(v.begin(), ""); return v; }()) {
+                  const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=stream" + (var.empty() ? "" : "," + var));
+                  res["str " + var + " " + key].push_back(
+                      timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters));
+                }
               if (probe && round == 0) {
                 std::printf("probe %s batch %lld context %lld budget %lld: select %.2f us, attend %.2f us (event timer)\n",
                             s.name, (long long)B, (long long)n, (long long)budget, sel, att);
@@ -449,11 +459,19 @@ int main(int argc, char** argv) {
           const std::string key = std::to_string(budget) + ":" + group_selection_name(group);
           const double sel = median(res["sel " + key]), att = median(res["att " + key]), tot = median(res["tot " + key]);
           const std::string name = std::string(s.name) + (group == GroupSelection::shared_sum ? "-sh" : "");
+          const bool ph = group == GroupSelection::per_head;
+          const double str = ph ? median(res["str  " + key]) : NAN;
           std::snprintf(line, sizeof line,
-                        "%-16s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f",
+                        "%-16s %5lld %7lld %6lld | %9.1f %7.0f %5.1f%% | %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f | %8.1f %7.2f",
                         name.c_str(), (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs,
-                        sd, sel, att, tot, sd / tot, dense / tot);
+                        sd, sel, att, tot, sd / tot, dense / tot, str, sd / str);
           emit();
+          for (const std::string& var : ph ? stream_variants : std::vector<std::string>{}) {
+            const double us = median(res["str " + var + " " + key]);
+            std::snprintf(line, sizeof line, "%-16s %5lld %7lld %6lld | stream %8.1f us, x_sdpa %5.2f | variant %s",
+                          name.c_str(), (long long)B, (long long)n, (long long)budget, us, sd / us, var.c_str());
+            emit();
+          }
           if (jf)
             std::fprintf(jf,
                          "{\"shape\":\"%s\",\"group\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"dim\":%d,\"batch\":%lld,"

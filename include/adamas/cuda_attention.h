@@ -103,6 +103,9 @@ struct SelectionView {
 // GroupSelection::per_head and shared_sum are supported (shared_union throws unsupported).
 SelectionView select(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, cudaStream_t stream);
 
+// The selection left on `ws` by the last select(), or by the last decode_attention() that selected (tests).
+SelectionView last_selection(const Workspace& ws);
+
 // Attention of every query head over the rows of the last select() on `ws` (split over rows, partial softmax
 // merged in the same launch). out: device [batch][n_heads][dim] f32.
 void attend_selected(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float scale, float* out,

@@ -14,6 +14,7 @@
 #include "adamas/attention.h"
 #include "adamas/cuda_attention.h"
 #include "attention/cuda/scoped_env.h"
+#include "attention/cuda/stream_attention.h"
 
 namespace {
 
@@ -376,7 +377,7 @@ TEST(CudaSelect, EveryPathAndClusterSizeIdenticalToCpu) {
   SEEDED_RNG(rng);
   cuda::Workspace ws;
   for (const char* path :
-       {"v1", "fused:1", "fused:2", "fused:4", "fused:8", "fused:16", "grid:1", "grid:2", "grid:5", "grid:16"}) {
+       {"v1", "fused:1", "fused:2", "fused:4", "fused:8", "fused:16", "grid:1", "grid:2", "grid:5", "grid:16", "stream"}) {
     const SelectPathEnv env(path);
     for (const auto& sc : select_cases()) {
       SCOPED_TRACE(std::string(path) + " " + sc.name);
@@ -607,6 +608,127 @@ TEST(CudaDecode, MatchesCpuDecodeAttention) {
         Batch bt(ac.c, rng, cfg.thresholds);
         EXPECT_LT(rel_err(gpu_decode(bt, cfg, ws), cpu_decode(bt, cfg)), kTol);
       }
+    }
+  }
+}
+
+// v8, the stream kernel (ADAMAS_CUDA_SELECT=stream: selection and attention in one persistent launch): the output
+// against the CPU's decode_attention and the selection it leaves in the workspace against the CPU's, on one workspace
+// for every case and twice per case (its counters and histograms must be left at zero), with the default chunk and
+// with 256-token chunks (many chunks per row, rows finishing in every order).
+TEST(CudaDecode, StreamPathMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  struct StreamCase {
+    const char* name;
+    Case c;
+    int64_t budget, sink, window;
+  };
+  const std::vector<StreamCase> cases = {
+      {"mha_d128_f16", {128, 8, 8, DType::f16, {20000}, 1.0, 0}, 256, 0, 0},
+      {"mha_d128_bf16_mixed", {128, 4, 4, DType::bf16, {3000, 17, 1, 9000, 4097}, 1.0, 0}, 256, 2, 16},
+      {"mha_d64_f16_sink_window", {64, 4, 4, DType::f16, {30000, 5000}, 1.0, 0}, 1000, 4, 32},
+      {"gqa4_d128_per_head", {128, 8, 2, DType::f16, {12000, 64}, 1.0, 0}, 512, 1, 1},
+      {"gqa2_d64_bf16", {64, 4, 2, DType::bf16, {7000}, 1.0, 0}, 64, 0, 3},
+      {"all_ties", {128, 2, 2, DType::f16, {10000}, 1.0, 2}, 700, 5, 10},
+      {"few_distances", {128, 4, 4, DType::f16, {40000, 9999}, 1.0, 3}, 2000, 0, 1},
+      {"budget_4096_covers_some", {128, 2, 2, DType::bf16, {5000, 4096, 300}, 1.0, 0}, 4096, 0, 0},
+      {"budget_one", {128, 2, 2, DType::f16, {5000}, 1.0, 0}, 1, 0, 0},
+  };
+  cuda::Workspace ws;
+  for (const std::string path : {"ADAMAS_CUDA_SELECT=stream", "ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_CHUNK=256",
+                                 "ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_COMPACT=warp"}) {
+    const cuda::ScopedEnvSettings env(path);
+    for (const auto& sc : cases) {
+      SCOPED_TRACE(std::string(sc.name) + " " + path);
+      AttentionConfig cfg;
+      cfg.method = Method::adamas, cfg.budget = sc.budget, cfg.sink = sc.sink, cfg.window = sc.window;
+      cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+      Batch bt(sc.c, rng, cfg.thresholds);
+      const auto ref = cpu_decode(bt, cfg);
+      for (int rep = 0; rep < 2; ++rep) {
+        EXPECT_LT(rel_err(gpu_decode(bt, cfg, ws), ref), kTol) << "call " << rep;
+        expect_view_matches(bt, cfg, cuda::last_selection(ws));
+      }
+      expect_selection_matches(bt, cfg, ws);  // the selection-only instantiation (cuda::select)
+    }
+  }
+}
+
+// The stream kernel's distance pass on its own (its u16 scratch against the CPU's l1_distances), then its selection,
+// with the default grid and with 1 and 3 blocks (rows done by one block, or a few blocks in every interleaving).
+TEST(CudaDecode, StreamDistancesMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  const std::vector<std::pair<const char*, Case>> cases = {
+      {"mha_d128_f16_batch", {128, 4, 4, DType::f16, {5000, 3001}, 1.0, 0}},
+      {"gqa2_d64_bf16", {64, 4, 2, DType::bf16, {7000}, 1.0, 0}},
+  };
+  cuda::Workspace ws;
+  for (const std::string grid : {"", "ADAMAS_CUDA_STREAM_GRID=1", "ADAMAS_CUDA_STREAM_GRID=3",
+                                 "ADAMAS_CUDA_STREAM_COMPACT=warp", "ADAMAS_CUDA_STREAM_GRID=1,ADAMAS_CUDA_STREAM_COMPACT=warp"}) {
+    const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_DEBUG=1" + (grid.empty() ? "" : "," + grid));
+    for (const auto& [name, c] : cases) {
+      SCOPED_TRACE(std::string(name) + " " + grid);
+      AttentionConfig cfg;
+      cfg.budget = 256, cfg.sink = 1, cfg.window = 8, cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+      Batch bt(c, rng, cfg.thresholds);
+      cuda::select(bt.inputs(), cfg, ws, nullptr);
+      sync_ok();
+      const auto scratch = cuda::detail::stream_scratch(ws);
+      const int64_t H = c.n_heads, D = c.dim, g = c.n_heads / c.kv_heads;
+      std::vector<uint16_t> got(size_t(int64_t(c.lens.size()) * H * scratch.ld));
+      ck(cudaMemcpy(got.data(), scratch.dist, got.size() * 2, cudaMemcpyDeviceToHost), "copy dist");
+      for (size_t b = 0; b < c.lens.size(); ++b) {
+        const DecodeInputs in = bt.cpu_inputs(b);
+        for (int64_t h = 0; h < H; ++h) {
+          std::vector<uint8_t> qc(size_t(D / 4));
+          encode_vector(in.q + h * D, DType::f32, D, cfg.thresholds, qc.data());
+          std::vector<uint16_t> ref(size_t(c.lens[b]));
+          l1_distances(qc.data(), in.codes, h / g, ref.data());
+          const uint16_t* row = got.data() + (int64_t(b) * H + h) * scratch.ld;
+          int64_t bad = 0, first = -1;
+          for (int64_t t = 0; t < c.lens[b]; ++t)
+            if (row[t] != ref[size_t(t)] && bad++ == 0) first = t;
+          EXPECT_EQ(bad, 0) << "sequence " << b << " head " << h << ": first at token " << first << " got "
+                            << (first >= 0 ? row[first] : 0) << " ref " << (first >= 0 ? ref[size_t(first)] : 0);
+        }
+      }
+      // The tail's values against the CPU's (debug buffer): cut, skip, middle count.
+      std::vector<int32_t> dbg(size_t(int64_t(c.lens.size()) * H * 12));
+      ck(cudaMemcpy(dbg.data(), scratch.debug, dbg.size() * 4, cudaMemcpyDeviceToHost), "copy debug");
+      for (size_t b = 0; b < c.lens.size(); ++b) {
+        const DecodeInputs in = bt.cpu_inputs(b);
+        const int64_t n = c.lens[b];
+        for (int64_t h = 0; h < H; ++h) {
+          std::vector<uint8_t> qc(size_t(D / 4));
+          encode_vector(in.q + h * D, DType::f32, D, cfg.thresholds, qc.data());
+          std::vector<uint16_t> dd(static_cast<size_t>(n));
+          l1_distances(qc.data(), in.codes, h / g, dd.data());
+          const int64_t s0 = std::min<int64_t>(cfg.sink, n), tail = std::max(s0, n - std::max<int64_t>(cfg.window, 1));
+          const int64_t need = cfg.budget - s0 - (n - tail);
+          std::vector<int64_t> hist(size_t(3 * D + 1), 0);
+          for (int64_t t = s0; t < tail; ++t) ++hist[dd[size_t(t)]];
+          int64_t cum = 0, cut = -1, skip = -1;
+          for (size_t i = 0; i < hist.size(); ++i) {
+            if (cum + hist[i] >= need) { cut = int64_t(i), skip = hist[i] - (need - cum); break; }
+            cum += hist[i];
+          }
+          int64_t below = 0;
+          for (int64_t t = s0; t < tail; ++t) below += dd[size_t(t)] < cut;
+          const int64_t kept = s0 + (n - tail) + below, ties = hist[size_t(cut)];
+          uint32_t dsum = 0;
+          for (int64_t t = 0; t < n; ++t) dsum += dd[size_t(t)];
+          const int32_t* gd = dbg.data() + (int64_t(b) * H + h) * 12;
+          EXPECT_TRUE(gd[0] == cut && gd[1] == skip && gd[2] == need && gd[3] == s0 && gd[4] == tail &&
+                      gd[5] == tail - s0 && gd[6] == kept && gd[7] == ties && uint32_t(gd[8]) == dsum)
+              << "sequence " << b << " head " << h << " gpu cut " << gd[0] << " skip " << gd[1] << " need " << gd[2]
+              << " s0 " << gd[3] << " tail " << gd[4] << " middle " << gd[5] << " kept " << gd[6] << " ties " << gd[7] << " dsum " << uint32_t(gd[8])
+              << " | cpu cut " << cut << " skip " << skip << " need " << need << " s0 " << s0 << " tail " << tail
+              << " middle " << tail - s0 << " kept " << kept << " ties " << ties << " dsum " << dsum;
+        }
+      }
+      expect_view_matches(bt, cfg, cuda::last_selection(ws));
     }
   }
 }

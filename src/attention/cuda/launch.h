@@ -58,6 +58,16 @@ struct Workspace::State {
   uint32_t* gbar = nullptr;
   size_t gbar_bytes = 0;
   int64_t grid_key[3] = {-1, -1, -1};  // (units, bins, kv_heads) of the last grid launch: a change resets the two above
+  // stream path (v8, stream_attention.cu): row histograms, row arrival counts, hand-out counters (zero between launches)
+  uint32_t* stream_hist = nullptr;
+  size_t stream_hist_bytes = 0;
+  uint32_t* stream_done = nullptr;
+  size_t stream_done_bytes = 0;
+  uint32_t* stream_ctr = nullptr;
+  size_t stream_ctr_bytes = 0;
+  int64_t stream_ld = 0;  // distance row stride of the last stream launch (tests)
+  int32_t* stream_debug = nullptr;  // tests: per row tail values (ADAMAS_CUDA_STREAM_DEBUG)
+  size_t stream_debug_bytes = 0;
   int32_t* idx = nullptr;
   size_t idx_bytes = 0;
   int32_t* counts = nullptr;

@@ -46,9 +46,12 @@ Workspace::~Workspace() {
                   static_cast<void*>(s.info), static_cast<void*>(s.status), static_cast<void*>(s.tile_ctr),
                   static_cast<void*>(s.idx), static_cast<void*>(s.counts), static_cast<void*>(s.part),
                   static_cast<void*>(s.done), static_cast<void*>(s.gcum), static_cast<void*>(s.gtotal),
-                  static_cast<void*>(s.gbar)})
+                  static_cast<void*>(s.gbar), static_cast<void*>(s.stream_hist), static_cast<void*>(s.stream_done),
+                  static_cast<void*>(s.stream_ctr), static_cast<void*>(s.stream_debug)})
     if (p) cudaFree(p);
 }
+
+SelectionView last_selection(const Workspace& ws) { return ws.state().last; }
 
 namespace {
 unsigned long long* g_stamps[2] = {nullptr, nullptr};

@@ -19,6 +19,7 @@
 #include "attention/cuda/common.cuh"
 #include "attention/cuda/distance.cuh"
 #include "attention/cuda/launch.h"
+#include "attention/cuda/stream_attention.h"
 
 namespace adamas::cuda {
 namespace detail {
@@ -1101,6 +1102,10 @@ SelectionView select(const BatchInputs& in, const AttentionConfig& config, Works
   CUDA_REQUIRE(config.group != GroupSelection::shared_union, ErrorKind::unsupported, "cuda::select: group selection shared-union is not implemented on CUDA");
   CUDA_REQUIRE(config.budget < (int64_t(1) << 23), ErrorKind::unsupported, "cuda::select: budget ", config.budget, " too large");
   const auto chunks = make_batches(in, true, "cuda::select");
+  if (stream_selected(in, config)) {  // v8: the persistent kernel, selection only
+    stream_attention(in, config, ws, nullptr, stream);
+    return ws.state().last;
+  }
   const HeadsView& k0 = in.seqs[0].k;
   const int D = int(k0.dim), kvh = int(k0.heads), n_heads = int(in.n_heads), G = n_heads / kvh;
   const bool shared = config.group == GroupSelection::shared_sum;
