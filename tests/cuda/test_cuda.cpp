@@ -637,7 +637,8 @@ TEST(CudaDecode, StreamPathMatchesCpu) {
   };
   cuda::Workspace ws;
   for (const std::string path : {"ADAMAS_CUDA_SELECT=stream", "ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_CHUNK=256",
-                                 "ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_COMPACT=warp"}) {
+                                 "ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_COMPACT=warp",
+                                 "ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_CHUNK=256,ADAMAS_CUDA_STREAM_FENCE=one"}) {
     const cuda::ScopedEnvSettings env(path);
     for (const auto& sc : cases) {
       SCOPED_TRACE(std::string(sc.name) + " " + path);
@@ -666,7 +667,8 @@ TEST(CudaDecode, StreamDistancesMatchCpu) {
   };
   cuda::Workspace ws;
   for (const std::string grid : {"", "ADAMAS_CUDA_STREAM_GRID=1", "ADAMAS_CUDA_STREAM_GRID=3",
-                                 "ADAMAS_CUDA_STREAM_COMPACT=warp", "ADAMAS_CUDA_STREAM_GRID=1,ADAMAS_CUDA_STREAM_COMPACT=warp"}) {
+                                 "ADAMAS_CUDA_STREAM_COMPACT=warp", "ADAMAS_CUDA_STREAM_GRID=1,ADAMAS_CUDA_STREAM_COMPACT=warp",
+                                 "ADAMAS_CUDA_STREAM_FENCE=one", "ADAMAS_CUDA_STREAM_GRID=3,ADAMAS_CUDA_STREAM_FENCE=one"}) {
     const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=stream,ADAMAS_CUDA_STREAM_DEBUG=1" + (grid.empty() ? "" : "," + grid));
     for (const auto& [name, c] : cases) {
       SCOPED_TRACE(std::string(name) + " " + grid);

@@ -47,6 +47,8 @@ struct StreamParams {
   int total_items;
   int prefetch;  // L2 prefetch of the selected K/V rows during the compaction
   int compact_warp;  // one-warp compaction (ADAMAS_CUDA_STREAM_COMPACT=warp)
+  int fence_all;     // every thread fences before a chunk's arrival (1), or thread 0 after the block barrier (0:
+                     // the cooperative-groups grid-sync pattern; ADAMAS_CUDA_STREAM_FENCE=one|all)
   uint16_t* dist;  // [batch][n_heads][ld]
   int64_t ld;
   uint32_t* hist;      // [batch][n_heads][bins], zero between launches
@@ -550,9 +552,10 @@ __global__ void __launch_bounds__(kThreads, 2) stream_kernel(const __grid_consta
     }
     // Arrival: every thread's distances and histogram adds visible GPU-wide before the count (a fence by thread 0
     // alone after the barrier let the tail read stale distances: run 1).
-    __threadfence();
+    if (p.fence_all) __threadfence();
     cta_sync();
     if (tid == 0) {
+      if (!p.fence_all) __threadfence();  // after the barrier: cumulative over the block's writes
       const int per = int((n + chunk - 1) / chunk);
       s_last = atomicAdd(p.row_done + row, 1u) == uint32_t(per - 1);
       if (s_last) __threadfence();
@@ -710,6 +713,12 @@ void stream_attention(const BatchInputs& in, const AttentionConfig& config, Work
     for (int i = p.bd.batch; i <= kMaxBatch; ++i) p.item_base[i] = int(items);
     p.total_items = int(items);
     p.prefetch = env_int("ADAMAS_CUDA_STREAM_PREFETCH", 1);
+    {
+      const char* f = std::getenv("ADAMAS_CUDA_STREAM_FENCE");
+      CUDA_REQUIRE(!f || !*f || std::strcmp(f, "one") == 0 || std::strcmp(f, "all") == 0, ErrorKind::invalid_argument,
+                   "ADAMAS_CUDA_STREAM_FENCE must be one or all, got '", f, "'");
+      p.fence_all = !(f && std::strcmp(f, "one") == 0);
+    }
     p.compact_warp = std::getenv("ADAMAS_CUDA_STREAM_COMPACT") && std::strcmp(std::getenv("ADAMAS_CUDA_STREAM_COMPACT"), "warp") == 0;
     p.dist = S.dist, p.ld = ld;
     p.hist = S.stream_hist, p.row_done = S.stream_done, p.ctr = S.stream_ctr;
