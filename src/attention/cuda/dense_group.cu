@@ -329,15 +329,17 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
 }
 
 // Launch shape (NOTES v7 runs 1-3, v8-dense). Default: one block per SM (the block asks for more than half of the
-// shared memory, although it uses 96 KB), 3 pipeline stages, at most kMaxChunks blocks per (sequence, KV head): runs
-// 2-3 measured both as best or within noise for every shape, and more blocks per KV head at GQA batch 1 as slower
-// (up to 25%); v8-dense measured 6 stages and a dynamic schedule (tile claims from a counter) as slower too.
+// shared memory), 2 pipeline stages and one wave of at most kMaxChunks2 blocks per (sequence, KV head) (v8-dense call
+// 2: faster than v7's 3 stages and 8 blocks on every shape but GQA 4K); at 3 or 4 stages at most kMaxChunks (v7 runs
+// 2-3: more blocks per KV head were slower there). 6 stages and a dynamic schedule were slower (v8-dense call 1).
 // Knobs (environment, read per call; for A/B runs of the benchmark and the tests; a bad value is an error):
 // ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head); ADAMAS_CUDA_DENSE_LAYOUT=chunks contiguous chunks of rows
 // per block (runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 two blocks per SM (runs 1-2); ADAMAS_CUDA_DENSE_STAGES=2|3|4.
-constexpr int64_t kMaxChunks = 8;
+// At 2 stages a block keeps half the bytes in flight, so up to twice the blocks per (sequence, KV head) stream
+// (NOTES v8-dense call 2: GQA b1 32K 53.9 us at 16 blocks vs 58.2 at 8).
+constexpr int64_t kMaxChunks = 8, kMaxChunks2 = 16;
 struct Knobs {
-  int split = 0, chunks = 0, one_per_sm = 1, stages = 3;
+  int split = 0, chunks = 0, one_per_sm = 1, stages = 2;
 };
 Knobs read_knobs(const char* where) {
   Knobs k;
@@ -405,12 +407,13 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   int64_t rows_max = 0;
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
   // One wave (blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch), at most
-  // kMaxChunks per pair; chunks of at least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
+  // `cap` per pair; chunks of at least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
   const Knobs kn = read_knobs(where);
   const size_t smem = kn.one_per_sm ? kWholeSmem : stages_smem(kn.stages);
   const GroupKernel kernel = pick_kernel(D, k0.dtype, kn.stages);
   const int64_t slots = int64_t(blocks_per_sm(kernel, smem)) * Sx.sms;
-  const int64_t wave = std::min(kMaxChunks, slots / std::min<int64_t>(batch, kMaxBatch) / kvh);
+  const int64_t cap = kn.stages == 2 ? kMaxChunks2 : kMaxChunks;
+  const int64_t wave = std::min(cap, slots / std::min<int64_t>(batch, kMaxBatch) / kvh);
   const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : wave, 1, 256);
   const int64_t chunk = std::max<int64_t>(64 * 128 / D, (rows_max + per_unit - 1) / per_unit);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
