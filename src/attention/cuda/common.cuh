@@ -233,6 +233,32 @@ __device__ __forceinline__ int word_l1(uint32_t pq, uint32_t wq, uint32_t pk, ui
   return __popc(pq ^ pk) + __popc((wq ^ wk) & 0xAAAAAAAAu);
 }
 
+// ---- block scan ------------------------------------------------------------------------------------------------
+// Block-wide exclusive scan of one value per thread (THREADS threads, warp_sums: THREADS / 32 words of shared
+// memory; two block barriers). Returns the exclusive prefix, sets total. select.cu's and stream_attention.cu's tails.
+template <int THREADS>
+__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  uint32_t before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < THREADS / 32; ++w) {
+    const uint32_t s = warp_sums[w];
+    before += w < warp ? s : 0;
+    all += s;
+  }
+  __syncthreads();
+  total = all;
+  return before + x - v;
+}
+
 // ---- split-K partials (v6) -------------------------------------------------------------------------------------
 // The partials of NH consecutive heads over C chunks (chunk stride ldc per head): ml[(h * ldc + c) * 2] = max (base-2
 // exponent units), + 1 = sum of weights; acc[(h * ldc + c) * D + col] = weighted V sum (rows 16-byte aligned). An

@@ -53,29 +53,6 @@ __device__ __forceinline__ void middle(int64_t n, int sink, int window, int64_t&
   tail = max(s, n - int64_t(max(window, 1)));
 }
 
-// Block-wide exclusive scan of one value per thread (kThreads threads). Returns the exclusive prefix, sets total.
-__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  uint32_t x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) warp_sums[warp] = x;
-  __syncthreads();
-  uint32_t before = 0, all = 0;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) {
-    const uint32_t s = warp_sums[w];
-    before += w < warp ? s : 0;
-    all += s;
-  }
-  __syncthreads();
-  total = all;
-  return before + x - v;
-}
-
 // ---- 1. estimate ---------------------------------------------------------------------------------------------
 
 template <int D>
@@ -181,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) estimate_kernel(const __grid_constan
     uint32_t mine = 0;
     for (int i = lo; i < hi; ++i) mine += __ldcg(hrow + i);
     uint32_t total;
-    const uint32_t before = block_exclusive_scan(mine, warp_sums, total);
+    const uint32_t before = block_exclusive_scan<kThreads>(mine, warp_sums, total);
     if (threadIdx.x == 0) s_cut = -1;
     __syncthreads();
     // The first bin where the cumulative count reaches `need` (need == 0: bin 0 with take = 0, as on the CPU).
@@ -292,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) compact_kernel(const __grid_constant
     a_cnt += keep, e_cnt += tie;
   }
   uint32_t total;
-  const uint32_t ex = block_exclusive_scan(a_cnt | (e_cnt << 16), warp_sums, total);
+  const uint32_t ex = block_exclusive_scan<kThreads>(a_cnt | (e_cnt << 16), warp_sums, total);
   const uint32_t agg_a = total & 0xffffu, agg_e = total >> 16;
   // Decoupled look-back over the earlier tiles of this row.
   unsigned long long* st = p.status + row * p.status_ld;

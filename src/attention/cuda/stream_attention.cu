@@ -237,7 +237,7 @@ __device__ void row_cut(uint32_t* gh, uint32_t* done, int bins, int64_t need, ui
                         int32_t* dbg) {
   __shared__ uint32_t s_wsum[kWarps];
   __shared__ int s_cut, s_skip;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
   for (int i = tid; i < bins; i += kThreads) {
     hs[i] = __ldcg(gh + i);
     gh[i] = 0;
@@ -248,16 +248,8 @@ __device__ void row_cut(uint32_t* gh, uint32_t* done, int bins, int64_t need, ui
   const int seg = (bins + kThreads - 1) / kThreads, lo = min(bins, tid * seg), hi = min(bins, lo + seg);
   uint32_t mine = 0;
   for (int i = lo; i < hi; ++i) mine += hs[i];
-  uint32_t incl = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += y;
-  }
-  if (lane == 31) s_wsum[warp] = incl;
-  cta_sync();
-  uint32_t before = incl - mine;
-  for (int w = 0; w < warp; ++w) before += s_wsum[w];
+  uint32_t total;  // the middle's size (tests)
+  const uint32_t before = block_exclusive_scan<kThreads>(mine, s_wsum, total);
   if ((int64_t(before) < need && int64_t(before) + mine >= need) || (need == 0 && tid == 0)) {
     int64_t c = before;
     int found = -1, fskip = 0;
@@ -270,11 +262,7 @@ __device__ void row_cut(uint32_t* gh, uint32_t* done, int bins, int64_t need, ui
   }
   cta_sync();
   *cut = s_cut, *skip = s_skip;
-  if (dbg && tid == 0) {
-    uint32_t tot = 0;
-    for (int w = 0; w < kWarps; ++w) tot += s_wsum[w];
-    *dbg = int32_t(tot);
-  }
+  if (dbg && tid == 0) *dbg = int32_t(total);
   for (int i = tid; i < bins; i += kThreads) hs[i] = 0;
   cta_sync();
 }
