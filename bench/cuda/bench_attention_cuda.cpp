@@ -25,6 +25,8 @@
 // ADAMAS_CUDA_DENSE_* launch knobs of dense_group.cu), timed in the same run.
 // The `stream` column: decode_attention through the v8-stream persistent kernel (ADAMAS_CUDA_SELECT=stream, per-head
 // rows); --stream-variants "A=1;B=2": one more row per variant of its knobs (e.g. ADAMAS_CUDA_STREAM_COMPACT=warp).
+// --adamas-variants "A=1;B=2": one more row per variant of decode_attention's path (e.g. ADAMAS_CUDA_SELECT=grid: the
+// pre-v9 automatic choice of select and attend launches), timed in the same run, per-head and shared rows.
 // --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
 // in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch.
 #include <cuda_runtime.h>
@@ -117,7 +119,7 @@ int main(int argc, char** argv) {
   std::string flush_mode = "read";
   std::string shapes_sel = "all";
   std::vector<int64_t> ctx_sel, budget_sel, batch_sel;
-  std::vector<std::string> dense_variants, stream_variants;
+  std::vector<std::string> dense_variants, stream_variants, adamas_variants;
   auto split_variants = [](const std::string& list, std::vector<std::string>& out) {  // "A=1,B=2;C=3" -> items
     for (size_t b = 0; b <= list.size();) {
       const size_t e = std::min(list.find(';', b), list.size());
@@ -146,6 +148,7 @@ int main(int argc, char** argv) {
     else if (a == "--settle" && i + 1 < argc) settle = std::atof(argv[++i]);
     else if (a == "--dense-variants" && i + 1 < argc) split_variants(argv[++i], dense_variants);
     else if (a == "--stream-variants" && i + 1 < argc) split_variants(argv[++i], stream_variants);
+    else if (a == "--adamas-variants" && i + 1 < argc) split_variants(argv[++i], adamas_variants);
     else if (a == "--probe") probe = true;
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
@@ -367,6 +370,11 @@ int main(int argc, char** argv) {
               const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
               const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
               res["sel " + key].push_back(sel), res["att " + key].push_back(att), res["tot " + key].push_back(tot);
+              for (const std::string& var : adamas_variants) {  // other paths of the same call
+                const cuda::ScopedEnvSettings env(var);
+                res["avar " + var + " " + key].push_back(
+                    timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters));
+              }
               // v8-stream: the same call through the persistent kernel (per-head rows) and its knob variants.
               if (group == GroupSelection::per_head)
                 for (const std::string& var : [&] { auto v = stream_variants; v.insert(v.begin(), ""); return v; }()) {
@@ -466,6 +474,12 @@ int main(int argc, char** argv) {
                         name.c_str(), (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs,
                         sd, sel, att, tot, sd / tot, dense / tot, str, sd / str);
           emit();
+          for (const std::string& var : adamas_variants) {
+            const double us = median(res["avar " + var + " " + key]);
+            std::snprintf(line, sizeof line, "%-16s %5lld %7lld %6lld | adamas %8.1f us, x_sdpa %5.2f | variant %s",
+                          name.c_str(), (long long)B, (long long)n, (long long)budget, us, sd / us, var.c_str());
+            emit();
+          }
           for (const std::string& var : ph ? stream_variants : std::vector<std::string>{}) {
             const double us = median(res["str " + var + " " + key]);
             std::snprintf(line, sizeof line, "%-16s %5lld %7lld %6lld | stream %8.1f us, x_sdpa %5.2f | variant %s",

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -13,6 +14,7 @@
 
 #include "adamas/attention.h"
 #include "adamas/cuda_attention.h"
+#include "attention/cuda/cluster_attention.h"
 #include "attention/cuda/scoped_env.h"
 #include "attention/cuda/stream_attention.h"
 
@@ -651,6 +653,73 @@ TEST(CudaDecode, StreamPathMatchesCpu) {
         EXPECT_LT(rel_err(gpu_decode(bt, cfg, ws), ref), kTol) << "call " << rep;
         expect_view_matches(bt, cfg, cuda::last_selection(ws));
       }
+      expect_selection_matches(bt, cfg, ws);  // the selection-only instantiation (cuda::select)
+    }
+  }
+}
+
+// v9, the cluster kernel (one thread-block cluster per (sequence, KV head), select + attend in one launch): the
+// output against the CPU's decode_attention and the selection it leaves in the workspace against the CPU's (indices
+// poisoned before every call after the first), then the selection-only instantiation (cuda::select). Every case must
+// take the cluster path (asserted), with the automatic cluster size and with forced sizes of 2, 3 and 7 blocks (odd
+// token splits, blocks holding only forced tokens or none at all).
+TEST(CudaDecode, ClusterPathMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  struct ClusterCase {
+    const char* name;
+    Case c;
+    int64_t budget, sink, window;
+    GroupSelection group;
+  };
+  const auto per_head = GroupSelection::per_head, shared = GroupSelection::shared_sum;
+  const std::vector<ClusterCase> cases = {
+      {"mha_d128_f16", {128, 8, 8, DType::f16, {20000}, 1.0, 0}, 256, 0, 0, per_head},
+      {"mha_d128_bf16_mixed", {128, 4, 4, DType::bf16, {3000, 17, 1, 9000, 4097}, 1.0, 0}, 256, 2, 16, per_head},
+      {"mha_d64_f16_sink_window", {64, 4, 4, DType::f16, {30000, 5000}, 1.0, 0}, 1000, 4, 32, per_head},
+      {"mha_d128_shared_is_per_head", {128, 4, 4, DType::f16, {6000}, 1.0, 0}, 128, 1, 4, shared},
+      {"gqa4_d128_per_head", {128, 8, 2, DType::f16, {12000, 64}, 1.0, 0}, 512, 1, 1, per_head},
+      {"gqa4_d128_shared", {128, 16, 4, DType::bf16, {11000, 300}, 1.0, 0}, 256, 3, 5, shared},
+      {"gqa2_d64_bf16", {64, 4, 2, DType::bf16, {7000}, 1.0, 0}, 64, 0, 3, per_head},
+      {"gqa2_d64_shared_random_codes", {64, 4, 2, DType::f16, {6000}, 1.0, 1}, 100, 0, 0, shared},
+      {"all_ties", {128, 2, 2, DType::f16, {10000}, 1.0, 2}, 700, 5, 10, per_head},
+      {"few_distances", {128, 4, 4, DType::f16, {40000, 9999}, 1.0, 3}, 2000, 0, 1, per_head},
+      {"few_distances_gqa4", {128, 8, 2, DType::f16, {9000}, 1.0, 3}, 300, 0, 0, per_head},
+      {"budget_4096_covers_some", {128, 2, 2, DType::bf16, {5000, 4096, 300}, 1.0, 0}, 4096, 0, 0, per_head},
+      {"budget_one", {128, 2, 2, DType::f16, {5000}, 1.0, 0}, 1, 0, 0, per_head},
+  };
+  cuda::Workspace ws;
+  for (const std::string size : {"", "ADAMAS_CUDA_CLUSTER_SIZE=2", "ADAMAS_CUDA_CLUSTER_SIZE=3", "ADAMAS_CUDA_CLUSTER_SIZE=7"}) {
+    const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=cluster" + (size.empty() ? "" : "," + size));
+    for (const auto& sc : cases) {
+      SCOPED_TRACE(std::string(sc.name) + " " + size);
+      AttentionConfig cfg;
+      cfg.method = Method::adamas, cfg.budget = sc.budget, cfg.sink = sc.sink, cfg.window = sc.window;
+      cfg.group = sc.group;
+      cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+      Batch bt(sc.c, rng, cfg.thresholds);
+      // A forced size may leave clusters unresident when there are many (the H100 holds 16-18 blocks per GPC); up to
+      // 64 blocks in all, and with the automatic size, the path must be taken.
+      const int forced = size.empty() ? 0 : std::atoi(size.c_str() + size.find('=') + 1);
+      const int64_t blocks = int64_t(sc.c.lens.size()) * sc.c.kv_heads * forced;
+      if (forced > 0 && blocks > 64 && !cuda::detail::cluster_selected(bt.inputs(), cfg, true)) {
+        std::printf("[ note ] %s with clusters of %d: not all resident, case skipped\n", sc.name, forced);
+        continue;
+      }
+      ASSERT_TRUE(cuda::detail::cluster_selected(bt.inputs(), cfg, true)) << "the cluster path does not take this case";
+      ASSERT_TRUE(cuda::detail::cluster_selected(bt.inputs(), cfg, false)) << "the cluster path does not take this case";
+      const auto ref = cpu_decode(bt, cfg);
+      for (int rep = 0; rep < 2; ++rep) {
+        if (rep > 0) {
+          const cuda::SelectionView last = cuda::last_selection(ws);
+          ck(cudaMemset(const_cast<int32_t*>(last.indices), 0xFF, size_t(last.batch * last.units * last.capacity) * 4), "poison idx");
+          ck(cudaMemset(const_cast<int32_t*>(last.counts), 0xFF, size_t(last.batch * last.units) * 4), "poison counts");
+        }
+        EXPECT_LT(rel_err(gpu_decode(bt, cfg, ws), ref), kTol) << "call " << rep;
+        expect_view_matches(bt, cfg, cuda::last_selection(ws));
+      }
+      const cuda::SelectionView last = cuda::last_selection(ws);
+      ck(cudaMemset(const_cast<int32_t*>(last.indices), 0xFF, size_t(last.batch * last.units * last.capacity) * 4), "poison idx");
       expect_selection_matches(bt, cfg, ws);  // the selection-only instantiation (cuda::select)
     }
   }

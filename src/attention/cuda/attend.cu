@@ -14,6 +14,7 @@
 #include "attention/cuda/common.cuh"
 #include "attention/cuda/dense_group.h"
 #include "attention/cuda/launch.h"
+#include "attention/cuda/cluster_attention.h"
 #include "attention/cuda/stream_attention.h"
 
 namespace adamas::cuda {
@@ -499,6 +500,7 @@ void decode_attention(const BatchInputs& in, const AttentionConfig& config, Work
     for (const auto& s : in.seqs) dense = dense && s.k.tokens <= config.budget;
   }
   if (dense) return attend_dense(in, scale, ws, out, stream);
+  if (detail::cluster_selected(in, config, true)) return detail::cluster_attention(in, config, ws, out, stream);  // v9
   if (detail::stream_selected(in, config)) return detail::stream_attention(in, config, ws, out, stream);  // v8
   select(in, config, ws, stream);
   attend_selected(in, config, ws, scale, out, stream);

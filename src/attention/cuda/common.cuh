@@ -259,6 +259,40 @@ __device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* w
   return before + x - v;
 }
 
+// ---- selection helpers (v8: the stream kernel; v9: the cluster kernel) ----------------------------------------
+// Block barrier, the non-aligned form (barrier.sync without .aligned: correct even where a warp has not reconverged,
+// or threads reach the barrier at different instructions), after a warp reconvergence. __syncthreads() is the aligned
+// form; two selection kernels of this backend with barriers after divergent code failed silently (NOTES.md, v7.2-v7.4).
+__device__ __forceinline__ void cta_sync() {
+  __syncwarp();
+  asm volatile("barrier.sync 0;" ::: "memory");
+}
+
+// Kept (bit k: forced, or middle below the cut) and tie (middle at the cut) masks of the 8 tokens t..t+7 whose u16
+// distances are the halves of w[0..3], without a predicate per token: halfword SIMD compares, and the forced / valid
+// ranges as bit ranges. (The per-token boolean form compiled to 16 predicates packed by P2R and miscounted the kept
+// tokens on the GPU: runs 4-5, NOTES.md v8-stream.) I: the index type (int64_t token ids, or int offsets in a block).
+template <class I>
+__device__ __forceinline__ uint32_t bit_range(I t, I lo, I hi) {  // bits k with lo <= t + k < hi
+  const int a = int(max(I(0), min(I(8), lo - t))), b = int(max(I(0), min(I(8), hi - t)));
+  return b > a ? ((1u << b) - 1u) & ~((1u << a) - 1u) : 0u;
+}
+template <class I>
+__device__ __forceinline__ void token_kinds(const uint32_t (&w)[4], I t, I n, I s0, I tail, int cut, uint32_t& km,
+                                            uint32_t& tm) {
+  const uint32_t cc = uint32_t(cut) * 0x00010001u;
+  uint32_t lt8 = 0, eq8 = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t lt = __vcmpltu2(w[i], cc), eq = __vcmpeq2(w[i], cc);  // 0xffff in each true half
+    lt8 |= ((lt & 1u) | ((lt >> 15) & 2u)) << (2 * i);
+    eq8 |= ((eq & 1u) | ((eq >> 15) & 2u)) << (2 * i);
+  }
+  const uint32_t valid = bit_range<I>(t, I(0), n), mid = bit_range<I>(t, s0, tail);
+  km = valid & (~mid | lt8);
+  tm = valid & mid & eq8;
+}
+
 // ---- split-K partials (v6) -------------------------------------------------------------------------------------
 // The partials of NH consecutive heads over C chunks (chunk stride ldc per head): ml[(h * ldc + c) * 2] = max (base-2
 // exponent units), + 1 = sum of weights; acc[(h * ldc + c) * D + col] = weighted V sum (rows 16-byte aligned). An

@@ -138,12 +138,12 @@ __device__ __forceinline__ int lane_group_l1(const GroupPlanes<G>& gp, const Lan
   return d;
 }
 
-// Distance pass of one block of sequence b (integer units; v4-v7): the G query heads' codes are made (into qw_s, [G][D/16] words) and
+// Distance pass of one block (NT threads) of sequence b (integer units; v4-v7): the G query heads' codes are made (into qw_s, [G][D/16] words) and
 // hist[R][bins] cleared while the first code loads are in flight; then every token of [t_begin, t_begin + len) of
 // KV head `kvh` gets its u16 distance per row in dist[R][tmax] (the sum over the group when SHARED) and middle
 // tokens ([s0, tail)) are counted in hist. Each lane loads 16 bytes of a key (D / 64 lanes per token), U loads in
 // flight per thread; a warp covers 512 contiguous code bytes.
-template <int D, int G, bool SHARED, bool DB = false, class Params>
+template <int D, int G, bool SHARED, bool DB = false, int NT = kDistThreads, class Params>
 __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kvh, int64_t t_begin, int len, int64_t s0,
                                               int64_t tail, uint32_t* qw_s, uint16_t* dist, uint32_t* hist) {
   constexpr int R = SHARED ? 1 : G;
@@ -152,7 +152,7 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
   constexpr int W = D / 16;
   constexpr int LPT = D / 64;
   constexpr int U = D <= 128 ? 8 : 4;
-  constexpr int TPI = kDistThreads / LPT;
+  constexpr int TPI = NT / LPT;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int part = lane % LPT;
   const uint8_t* cbase = sq.codes + kvh * sq.c_head;
@@ -181,7 +181,7 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
   };
   load_batch(0, buf[0]);  // in flight while the query codes are made
   if constexpr (DB) load_batch(1, buf[DB ? 1 : 0]);
-  for (int i = tid; i < R * bins; i += kDistThreads) hist[i] = 0;
+  for (int i = tid; i < R * bins; i += NT) hist[i] = 0;
   if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
@@ -341,12 +341,12 @@ __device__ __forceinline__ MmaOut mma_outputs(const int (&c)[4], int qs0, int qs
 // v8 distance pass, G = 2 or 4: the same contract as distance_pass_int. Warp w takes 16 consecutive keys per step
 // (the block 128); lane (g, t) loads code words [t CW, t CW + CW) of keys g and g + 8 (each load instruction of the
 // warp covers 256 contiguous bytes at d = 128); U steps of loads in flight per thread (32 registers, as v4-v7).
-template <int D, int G, bool SHARED, bool DB = true, class Params>
+template <int D, int G, bool SHARED, bool DB = true, int NT = kDistThreads, class Params>
 __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kvh, int64_t t_begin, int len,
                                                   int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
                                                   uint32_t* hist) {
   static_assert(G == 2 || G == 4, "the MMA pass takes groups of 2 or 4 query heads");
-  constexpr int W = D / 16, CW = D / 64, U = 16 / CW, TPI = kDistThreads / 32 * 16;
+  constexpr int W = D / 16, CW = D / 64, U = 16 / CW, TPI = NT / 32 * 16;
   const SeqDesc& sq = p.bd.seq[b];
   const int tmax = p.tmax, bins = p.bins, vec_codes = p.vec_codes;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -389,7 +389,7 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
   if (warp < G) load_query<D>(p, b, kvh * G + warp, xq);
   load(0, buf[0]);  // in flight while the query codes are made
   if constexpr (DB) load(1, buf[DB ? 1 : 0]);
-  for (int i = tid; i < (SHARED ? 1 : G) * bins; i += kDistThreads) hist[i] = 0;
+  for (int i = tid; i < (SHARED ? 1 : G) * bins; i += NT) hist[i] = 0;
   if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);

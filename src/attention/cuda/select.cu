@@ -16,6 +16,7 @@
 
 #include <cooperative_groups.h>
 
+#include "attention/cuda/cluster_attention.h"
 #include "attention/cuda/common.cuh"
 #include "attention/cuda/distance.cuh"
 #include "attention/cuda/launch.h"
@@ -1079,6 +1080,10 @@ SelectionView select(const BatchInputs& in, const AttentionConfig& config, Works
   CUDA_REQUIRE(config.group != GroupSelection::shared_union, ErrorKind::unsupported, "cuda::select: group selection shared-union is not implemented on CUDA");
   CUDA_REQUIRE(config.budget < (int64_t(1) << 23), ErrorKind::unsupported, "cuda::select: budget ", config.budget, " too large");
   const auto chunks = make_batches(in, true, "cuda::select");
+  if (cluster_selected(in, config, false)) {  // v9: one cluster per (sequence, KV head), selection only
+    cluster_attention(in, config, ws, nullptr, stream);
+    return ws.state().last;
+  }
   if (stream_selected(in, config)) {  // v8: the persistent kernel, selection only
     stream_attention(in, config, ws, nullptr, stream);
     return ws.state().last;

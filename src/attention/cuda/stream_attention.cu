@@ -67,14 +67,6 @@ struct Item {
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// Block barrier, the non-aligned form (barrier.sync without .aligned: correct even where a warp has not reconverged,
-// or threads reach the barrier at different instructions), after a warp reconvergence. __syncthreads() is the aligned
-// form; two selection kernels of this backend with barriers after divergent code failed silently (NOTES.md, v7.2-v7.4).
-__device__ __forceinline__ void cta_sync() {
-  __syncwarp();
-  asm volatile("barrier.sync 0;" ::: "memory");
-}
-
 template <int D>
 constexpr int code_bytes() { return D / 4; }
 
@@ -204,29 +196,6 @@ __device__ void attend_rows(const StreamParams& p, int b, int h, int cnt, const 
     p.out[(int64_t(b) * p.n_heads + h) * D + tid] = v / s_l;
   }
   cta_sync();
-}
-
-// Kept (bit k: forced, or middle below the cut) and tie (middle at the cut) masks of the 8 tokens t..t+7 whose u16
-// distances are the halves of w[0..3], without a predicate per token: halfword SIMD compares, and the forced / valid
-// ranges as bit ranges. (The per-token boolean form compiled to 16 predicates packed by P2R and miscounted the kept
-// tokens on the GPU: runs 4-5, NOTES.md v8-stream.)
-__device__ __forceinline__ uint32_t bit_range(int64_t t, int64_t lo, int64_t hi) {  // bits k with lo <= t + k < hi
-  const int a = int(max(int64_t(0), min(int64_t(8), lo - t))), b = int(max(int64_t(0), min(int64_t(8), hi - t)));
-  return b > a ? ((1u << b) - 1u) & ~((1u << a) - 1u) : 0u;
-}
-__device__ __forceinline__ void token_kinds(const uint32_t (&w)[4], int64_t t, int64_t n, int64_t s0, int64_t tail,
-                                            int cut, uint32_t& km, uint32_t& tm) {
-  const uint32_t cc = uint32_t(cut) * 0x00010001u;
-  uint32_t lt8 = 0, eq8 = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t lt = __vcmpltu2(w[i], cc), eq = __vcmpeq2(w[i], cc);  // 0xffff in each true half
-    lt8 |= ((lt & 1u) | ((lt >> 15) & 2u)) << (2 * i);
-    eq8 |= ((eq & 1u) | ((eq >> 15) & 2u)) << (2 * i);
-  }
-  const uint32_t valid = bit_range(t, 0, n), mid = bit_range(t, s0, tail);
-  km = valid & (~mid | lt8);
-  tm = valid & mid & eq8;
 }
 
 // ---- the tail of a row: cut-off, compaction (one block) ----------------------------------------------------------

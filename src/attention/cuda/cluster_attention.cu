@@ -1,0 +1,618 @@
+// v9: select + attend in one launch, one thread-block cluster of C blocks per (sequence, KV head), one block per SM
+// (NOTES.md "v9"). Block `rank` streams the codes of tokens [rank T, rank T + T) once (distance.cuh's pass: exact u16
+// distances and a middle histogram in its shared memory) and turns its histogram into cumulative counts. After one
+// cluster barrier every block finds the cut-off itself by a 32-way search over the sum of the C blocks' cumulative
+// counts (read through distributed shared memory), and its rank's prefix of kept and tie tokens from the lower ranks'
+// counts at the cut: no global scratch, no L2 round trip, no second barrier. It compacts its own tokens into the
+// output indices (the CPU's order and tie rule) and into a list in shared memory, gathers those K/V rows and attends
+// them (one online softmax per warp), merges its warps; after a second cluster barrier the C partials of each query
+// head are merged by one block through distributed shared memory. v4-v8 paid a grid-wide arrival barrier through L2,
+// a cut search over a global histogram, a second launch for the attention and its split-K merge through L2.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include <cooperative_groups.h>
+
+#include "attention/cuda/cluster_attention.h"
+#include "attention/cuda/common.cuh"
+#include "attention/cuda/distance.cuh"
+#include "attention/cuda/launch.h"
+
+namespace adamas::cuda::detail {
+namespace {
+
+constexpr int kThreads = 512;  // one block per SM: 16 warps (8 left the distance pass at ~1.5 TB/s, run 1)
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxCluster = 16;
+constexpr int kMaxTokensPerBlock = 32760;  // kept and tie counts of a block are packed in 16 bits
+constexpr int kRowsInFlight = 4;           // attention: selected K/V rows per warp in flight
+
+struct ClusterParams {
+  BatchDesc bd;
+  const float* q;  // [batch][n_heads][D]
+  int n_heads, kv_heads, units;
+  const Thr* qthr;  // n_heads entries, or null
+  Thr cfg_thr;
+  float hscale;  // 1 / sqrt(D), the Hadamard scale
+  float qscale;  // attention scale * log2(e)
+  int budget, sink, window;
+  int bins;  // histogram row stride: the distance bins + 1 (an always-empty last bin: after the in-place exclusive
+             // scan, entry bins - 1 holds the middle's total)
+  int tmax;  // tokens per block at most: a multiple of 8, <= kMaxTokensPerBlock
+  int lcap;  // list entries per row (selected tokens of one block)
+  int vec_codes;
+  int32_t* idx;  // [batch][units][cap]
+  int64_t cap;
+  int32_t* counts;  // [batch][units]
+  float* out;       // [batch][n_heads][D] or null (selection only)
+  unsigned long long* stamps;
+};
+
+// Shared memory of a block: cumulative counts [R][bins] u32, query code words [G][D/16] u32, distances [R][tmax] u16;
+// with the attention: lists [R][lcap] u16, warp partials [kWarps][QH][D + 2] f32, the block's partial [G][D + 2] f32.
+template <int D, int G, bool SHARED>
+struct Layout {
+  static constexpr int R = SHARED ? 1 : G, QH = SHARED ? G : 1;
+  __host__ __device__ static size_t up16(size_t x) { return (x + 15) / 16 * 16; }
+  __host__ __device__ static size_t qw(int bins) { return up16(size_t(R) * bins * 4); }
+  __host__ __device__ static size_t dist(int bins) { return qw(bins) + up16(size_t(G) * (D / 16) * 4); }
+  __host__ __device__ static size_t list(int bins, int tmax) { return dist(bins) + up16(size_t(R) * tmax * 2); }
+  __host__ __device__ static size_t wpart(int bins, int tmax, int lcap) { return list(bins, tmax) + up16(size_t(R) * lcap * 2); }
+  __host__ __device__ static size_t cpart(int bins, int tmax, int lcap) {
+    return wpart(bins, tmax, lcap) + size_t(kWarps) * QH * (D + 2) * 4;
+  }
+  __host__ __device__ static size_t total(int bins, int tmax, int lcap, bool attend) {
+    return attend ? cpart(bins, tmax, lcap) + size_t(G) * (D + 2) * 4 : list(bins, tmax);
+  }
+};
+
+// Forced tokens [0, s0) and [tail, n) (the CPU's rule); the middle [s0, tail) competes.
+__device__ __forceinline__ int64_t forced_before(int64_t t, int64_t s0, int64_t tail) {
+  return min(t, s0) + max(int64_t(0), t - tail);
+}
+
+// This lane's D / 32 elements of a K or V row, raw (several rows in flight before the first use), then as f32.
+template <class T, int E>
+struct RowPiece {
+  static constexpr int kWords = E * int(sizeof(T)) / 4;
+  uint32_t w[kWords];
+};
+template <class T, int E>
+__device__ __forceinline__ RowPiece<T, E> load_piece(const T* p) {
+  RowPiece<T, E> r;
+  if constexpr (RowPiece<T, E>::kWords == 4) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    r.w[0] = v.x, r.w[1] = v.y, r.w[2] = v.z, r.w[3] = v.w;
+  } else if constexpr (RowPiece<T, E>::kWords == 2) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    r.w[0] = v.x, r.w[1] = v.y;
+  } else {
+    r.w[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+  }
+  return r;
+}
+template <class T, int E>
+__device__ __forceinline__ void piece_f32(const RowPiece<T, E>& r, float (&x)[E]) {
+#pragma unroll
+  for (int i = 0; i < E / 2; ++i) {
+    const uint32_t w = r.w[i];
+    if constexpr (std::is_same_v<T, __half>) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+      x[2 * i] = f.x, x[2 * i + 1] = f.y;
+    } else {
+      x[2 * i] = __uint_as_float(w << 16), x[2 * i + 1] = __uint_as_float(w & 0xffff0000u);
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t warp_sum(uint32_t v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Per row (static shared memory): the cut-off, the ties to skip, kept and tie tokens of the row before this block,
+// this block's selected tokens.
+struct RowCut {
+  int cut, skip, a_before, e_before, count;
+};
+
+// Warp-wide, after the cluster barrier: the cut-off of row r from the C blocks' cumulative counts (cum of this
+// block; the others' at the same offset of their shared memory), this block's prefix and its number of selected tokens.
+// The cut: the smallest bin c with sum_blocks cum[c + 1] >= need (need == 0: bin 0, none of its ties), the CPU's rule
+// (select.cu find_cut); no such bin (the middle is not larger than need): every middle token is kept.
+__device__ __forceinline__ RowCut find_row_cut(const uint32_t* cum_row, int bins, int C, int rank, int64_t need,
+                                               int64_t forced_pre, int64_t forced_own, int len) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x & 31, nb = bins - 1;  // cum_row[nb]: the middle's size in this block
+  auto total_at = [&](int j) {  // sum over the cluster of cum[j]
+    uint32_t s = 0;
+    for (int c = 0; c < C; ++c) s += cluster.map_shared_rank(cum_row, c)[j];
+    return s;
+  };
+  const uint32_t mid_all = warp_sum(lane < C ? cluster.map_shared_rank(cum_row, lane)[nb] : 0u);
+  int cut = nb;  // keep every middle token
+  if (int64_t(mid_all) >= need) {
+    int lo = 1, hi = nb;  // the smallest j in [lo, hi] with total_at(j) >= need; total_at(hi) >= need
+    while (lo < hi) {
+      const int step = (hi - lo + 30) / 31;
+      const int j = min(hi, lo + lane * step);  // lane 31 probes hi
+      const uint32_t ok = __ballot_sync(0xffffffffu, int64_t(total_at(j)) >= need);
+      const int f = __ffs(int(ok)) - 1;
+      const int jf = __shfl_sync(0xffffffffu, j, f), jp = __shfl_sync(0xffffffffu, j, max(f - 1, 0));
+      lo = f == 0 ? jf : jp + 1;
+      hi = jf;
+    }
+    cut = lo - 1;
+  }
+  // Lane c: block c's tokens below the cut and at it.
+  uint32_t below = 0, ties = 0;
+  if (lane < C) {
+    const uint32_t* cr = cluster.map_shared_rank(cum_row, lane);
+    below = cr[cut];
+    ties = cut < nb ? cr[cut + 1] - below : 0u;
+  }
+  const uint32_t below_all = warp_sum(below), ties_all = warp_sum(ties);
+  const uint32_t a_pre = warp_sum(lane < rank ? below : 0u), e_pre = warp_sum(lane < rank ? ties : 0u);
+  const uint32_t a_own = __shfl_sync(0xffffffffu, below, rank), e_own = __shfl_sync(0xffffffffu, ties, rank);
+  RowCut rc;
+  rc.cut = cut;
+  rc.skip = cut < nb ? int(int64_t(ties_all) - (need - int64_t(below_all))) : 0;
+  rc.a_before = int(a_pre + forced_pre);
+  rc.e_before = int(e_pre);
+  // Selected here: kept and forced tokens, and the ties whose row-wide rank is >= skip.
+  const int e_end = rc.e_before + int(e_own);
+  rc.count = int(a_own + forced_own) + max(0, e_end - max(rc.e_before, rc.skip));
+  rc.count = min(rc.count, len);
+  return rc;
+}
+
+// Exclusive scan, in place, of each of the R histogram rows (bins entries each): cum[i] = middle tokens below bin i.
+template <int R>
+__device__ __forceinline__ void histograms_to_cumulative(uint32_t* h, int bins, uint32_t* warp_sums) {
+  const int tid = threadIdx.x;
+  const int seg = (bins + kThreads - 1) / kThreads, lo = min(bins, tid * seg), hi = min(bins, lo + seg);
+#pragma unroll 1
+  for (int r = 0; r < R; ++r) {
+    uint32_t* hr = h + r * bins;
+    uint32_t mine = 0;
+    for (int i = lo; i < hi; ++i) mine += hr[i];
+    uint32_t total;
+    uint32_t c = block_exclusive_scan<kThreads>(mine, warp_sums, total);
+    for (int i = lo; i < hi; ++i) {
+      const uint32_t v = hr[i];
+      hr[i] = c;
+      c += v;
+    }
+  }
+}
+
+// Ordered compaction of this block's tokens for row r: thread t takes a contiguous run of groups of 8 tokens (one
+// block scan of its kept and tie counts), then writes each selected token to its rank in the row's output (global
+// token id) and, with a list, to its rank in this block's list (offset in the block). Same rule as compact_rows.
+__device__ __forceinline__ void compact_block_row(const uint16_t* drow, int len, int mid_lo, int mid_hi,
+                                                  const RowCut& rc, int64_t t_begin, int32_t* out, uint16_t* list,
+                                                  int lcap, uint32_t* warp_sums) {
+  const int tid = threadIdx.x;
+  const int groups = (len + 7) / 8, gpt = (groups + kThreads - 1) / kThreads;
+  const int g0 = min(groups, tid * gpt), g1 = min(groups, g0 + gpt);
+  auto kinds = [&](int g, uint32_t& km, uint32_t& tm) {
+    const uint4 v = *reinterpret_cast<const uint4*>(drow + g * 8);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    token_kinds<int>(w, g * 8, len, mid_lo, mid_hi, rc.cut, km, tm);
+  };
+  uint32_t cnt = 0;
+  for (int g = g0; g < g1; ++g) {
+    uint32_t km, tm;
+    kinds(g, km, tm);
+    cnt += uint32_t(__popc(km)) | (uint32_t(__popc(tm)) << 16);
+  }
+  uint32_t total;
+  const uint32_t ex = block_exclusive_scan<kThreads>(cnt, warp_sums, total);
+  uint32_t a = uint32_t(rc.a_before) + (ex & 0xffffu), e = uint32_t(rc.e_before) + (ex >> 16);
+  const uint32_t skip = uint32_t(rc.skip);
+  const uint32_t first = uint32_t(rc.a_before) + (uint32_t(rc.e_before) > skip ? uint32_t(rc.e_before) - skip : 0u);
+  auto place = [&](uint32_t slot, int local) {
+    out[slot] = int32_t(t_begin + local);
+    if (list != nullptr && slot - first < uint32_t(lcap)) list[slot - first] = uint16_t(local);
+  };
+  for (int g = g0; g < g1; ++g) {
+    uint32_t km, tm;
+    kinds(g, km, tm);
+    for (uint32_t m = km | (tm << 8); m != 0;) {  // in token order (bit k: kept, bit 8 + k: tie)
+      const int k = __ffs(int((m | (m >> 8)) & 0xffu)) - 1;
+      if (m >> k & 1u) {
+        place(a + (e > skip ? e - skip : 0u), g * 8 + k);
+        ++a;
+      } else {
+        if (e >= skip) place(a + e - skip, g * 8 + k);
+        ++e;
+      }
+      m &= ~((1u << k) | (1u << (8 + k)));
+    }
+  }
+}
+
+// Attention of this block's selected tokens: warp w takes row w % R and every (kWarps / R)-th entry of its list from
+// w / R, kRowsInFlight K and V rows in flight per lane, an online softmax per query head of the row (QH: the group's
+// heads when the selection is shared), and writes its partial (max in log2 units, weight sum, V sum) to wpart.
+template <int D, int G, bool SHARED, class T>
+__device__ __forceinline__ void attend_block(const ClusterParams& p, int b, int kvh, int64_t t_begin,
+                                             const uint16_t* lists, const RowCut* rcs, float* wpart) {
+  constexpr int R = SHARED ? 1 : G, QH = SHARED ? G : 1, E = D / 32, NSUB = kWarps / R;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = warp % R, sub = warp / R;
+  const SeqDesc& sq = p.bd.seq[b];
+  const T* K = static_cast<const T*>(sq.k) + kvh * sq.k_head + lane * E;
+  const T* V = static_cast<const T*>(sq.v) + kvh * sq.v_head + lane * E;
+  const uint16_t* list = lists + r * p.lcap;
+  const int cnt = rcs[r].count;
+  float qf[QH][E], m[QH], l[QH], acc[QH][E];
+#pragma unroll
+  for (int h = 0; h < QH; ++h) {
+    const int qh = kvh * G + (SHARED ? h : r);
+    const float* qr = p.q + (int64_t(b) * p.n_heads + qh) * D + lane * E;
+#pragma unroll
+    for (int e = 0; e < E; ++e) qf[h][e] = qr[e] * p.qscale, acc[h][e] = 0.0f;
+    m[h] = -INFINITY, l[h] = 0.0f;
+  }
+  for (int j0 = sub; j0 < cnt; j0 += NSUB * kRowsInFlight) {
+    RowPiece<T, E> kp[kRowsInFlight], vp[kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int j = j0 + u * NSUB;
+      const int64_t t = t_begin + (j < cnt ? list[j] : list[j0]);
+      kp[u] = load_piece<T, E>(K + t * sq.k_tok);
+      vp[u] = load_piece<T, E>(V + t * sq.v_tok);
+    }
+    float s[QH][kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      float kf[E];
+      piece_f32<T, E>(kp[u], kf);
+#pragma unroll
+      for (int h = 0; h < QH; ++h) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) d = fmaf(qf[h][e], kf[e], d);
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
+        s[h][u] = j0 + u * NSUB < cnt ? d : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < QH; ++h) {
+      float mx = s[h][0];  // entry j0 is valid: m_new is finite
+#pragma unroll
+      for (int u = 1; u < kRowsInFlight; ++u) mx = fmaxf(mx, s[h][u]);
+      const float m_new = fmaxf(m[h], mx), alpha = exp2f(m[h] - m_new);
+      l[h] *= alpha;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[h][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        const float w = exp2f(s[h][u] - m_new);
+        float vf[E];
+        piece_f32<T, E>(vp[u], vf);
+        l[h] += w;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[h][e] = fmaf(w, vf[e], acc[h][e]);
+      }
+      m[h] = m_new;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < QH; ++h) {
+    float* wp = wpart + (warp * QH + h) * (D + 2);
+#pragma unroll
+    for (int e = 0; e < E; ++e) wp[lane * E + e] = acc[h][e];
+    if (lane == 0) wp[D] = m[h], wp[D + 1] = l[h];
+  }
+}
+
+// Folds partial (mc, lc, ac) into (m, l, a); empty partials (mc = -inf) add nothing.
+__device__ __forceinline__ float merge_weight(float mc, float M) { return mc == -INFINITY ? 0.0f : exp2f(mc - M); }
+
+template <int D, int G, bool SHARED, class T, bool ATTEND>
+__global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_constant__ ClusterParams p) {
+  namespace cg = cooperative_groups;
+  constexpr int R = SHARED ? 1 : G, QH = SHARED ? G : 1;
+  using L = Layout<D, G, SHARED>;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int b = blockIdx.z, kvh = blockIdx.y;
+  const int64_t n = p.bd.seq[b].n;
+  const int64_t per_block = ((n + C - 1) / C + 7) / 8 * 8;
+  const int64_t t_begin = min(n, int64_t(rank) * per_block);
+  const int len = int(min(n, t_begin + per_block) - t_begin);
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // this cluster's first selection row
+  ADAMAS_STAMP(p.stamps, 0);
+
+  extern __shared__ __align__(16) unsigned char dsm[];
+  uint32_t* cum = reinterpret_cast<uint32_t*>(dsm);  // [R][bins]: histograms, then cumulative counts
+  uint32_t* qw_s = reinterpret_cast<uint32_t*>(dsm + L::qw(p.bins));
+  uint16_t* dist = reinterpret_cast<uint16_t*>(dsm + L::dist(p.bins));
+  uint16_t* lists = ATTEND ? reinterpret_cast<uint16_t*>(dsm + L::list(p.bins, p.tmax)) : nullptr;
+  float* wpart = reinterpret_cast<float*>(dsm + L::wpart(p.bins, p.tmax, p.lcap));
+  float* cpart = reinterpret_cast<float*>(dsm + L::cpart(p.bins, p.tmax, p.lcap));
+  __shared__ uint32_t warp_sums[kWarps];
+  __shared__ RowCut rcs[R];
+
+  int64_t s0, tail;
+  s0 = min(int64_t(p.sink), n);
+  tail = max(s0, n - int64_t(max(p.window, 1)));
+  if constexpr (kMmaDistances<G>)
+    distance_pass_mma<D, G, SHARED, false, kThreads>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum);
+  else
+    distance_pass_int<D, G, SHARED, false, kThreads>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum);
+  __syncthreads();
+  histograms_to_cumulative<R>(cum, p.bins, warp_sums);
+  ADAMAS_STAMP(p.stamps, 2);
+  cluster.sync();  // every block's cumulative counts are complete and visible to the cluster
+  ADAMAS_STAMP(p.stamps, 3);
+
+  // Need: middle tokens to keep beside the forced ones (n <= budget: more than the middle holds, all kept).
+  const int64_t need = max(int64_t(0), int64_t(p.budget) - s0 - (n - tail));
+  const int64_t f_pre = forced_before(t_begin, s0, tail);
+  const int64_t f_own = forced_before(t_begin + len, s0, tail) - f_pre;
+  if (warp < R) {
+    const RowCut rc = find_row_cut(cum + warp * p.bins, p.bins, C, rank, need, f_pre, f_own, len);
+    if ((tid & 31) == 0) rcs[warp] = rc;
+  }
+  if constexpr (!ATTEND) cluster.barrier_arrive();  // done reading the others' counts (they may exit after the wait)
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 4);
+
+  const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
+  const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
+#pragma unroll 1
+  for (int r = 0; r < R; ++r)
+    compact_block_row(dist + r * p.tmax, len, mid_lo, mid_hi, rcs[r], t_begin, p.idx + (row0 + r) * p.cap,
+                      ATTEND ? lists + r * p.lcap : nullptr, p.lcap, warp_sums);
+  if (rank == 0 && tid < R) p.counts[row0 + tid] = int32_t(min(n, int64_t(p.budget)));
+  ADAMAS_STAMP(p.stamps, 5);
+  if constexpr (!ATTEND) {
+    cluster.barrier_wait();
+    ADAMAS_STAMP(p.stamps, 7);
+    return;
+  } else {
+    __syncthreads();  // lists complete
+    attend_block<D, G, SHARED, T>(p, b, kvh, t_begin, lists, rcs, wpart);
+    __syncthreads();
+    // The block's partial per query head of the cluster (slot s: head kvh * G + s), from the warps of its row.
+    constexpr int NSUB = kWarps / R;
+    for (int i = tid; i < G * D; i += kThreads) {
+      const int s = i / D, col = i % D, r = SHARED ? 0 : s, h = SHARED ? s : 0;
+      float M = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < NSUB; ++k) M = fmaxf(M, wpart[((r + k * R) * QH + h) * (D + 2) + D]);
+      float Lsum = 0.0f, A = 0.0f;
+#pragma unroll
+      for (int k = 0; k < NSUB; ++k) {
+        const float* wp = wpart + ((r + k * R) * QH + h) * (D + 2);
+        const float w = merge_weight(wp[D], M);
+        Lsum = fmaf(w, wp[D + 1], Lsum), A = fmaf(w, wp[col], A);
+      }
+      float* cp = cpart + s * (D + 2);
+      cp[col] = A;
+      if (col == 0) cp[D] = M, cp[D + 1] = Lsum;
+    }
+    ADAMAS_STAMP(p.stamps, 6);
+    cluster.sync();  // every block's partials are complete
+    // Head slot s is merged by block s % C: the C partials through distributed shared memory.
+    for (int i = tid; i < G * D; i += kThreads) {
+      const int s = i / D, col = i % D;
+      if (s % C != rank) continue;
+      float M = -INFINITY;
+      for (int c = 0; c < C; ++c) M = fmaxf(M, cluster.map_shared_rank(cpart, c)[s * (D + 2) + D]);
+      float Lsum = 0.0f, A = 0.0f;
+      for (int c = 0; c < C; ++c) {
+        const float* cp = cluster.map_shared_rank(cpart, c) + s * (D + 2);
+        const float w = merge_weight(cp[D], M);
+        Lsum = fmaf(w, cp[D + 1], Lsum), A = fmaf(w, cp[col], A);
+      }
+      p.out[(int64_t(b) * p.n_heads + kvh * G + s) * D + col] = A / Lsum;
+    }
+    cluster.sync();  // the partials are read: blocks may exit
+    ADAMAS_STAMP(p.stamps, 7);
+  }
+}
+
+// ---- host -------------------------------------------------------------------------------------------------------
+
+template <int D, int G, bool SH, class T, bool AT>
+const void* kernel_ptr() {
+  return reinterpret_cast<const void*>(cluster_kernel<D, G, SH, T, AT>);
+}
+
+int max_smem_optin() {
+  static int v = [] {
+    int optin = 0, dev = 0;
+    check_cuda(cudaGetDevice(&dev), "cluster attention device");
+    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "shared memory limit");
+    return optin;
+  }();
+  return v;
+}
+
+// The kernel attributes (dynamic shared memory at most: the opt-in limit less the kernel's static shared memory;
+// 16-block clusters allowed), set once per instantiation; returns that dynamic limit.
+template <int D, int G, bool SH, class T, bool AT>
+int prepare_kernel() {
+  static const int max_dynamic = [] {
+    auto* k = cluster_kernel<D, G, SH, T, AT>;
+    cudaFuncAttributes fa{};
+    check_cuda(cudaFuncGetAttributes(&fa, k), "cluster attention attributes");
+    const int dyn = max_smem_optin() - int(fa.sharedSizeBytes);
+    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn),
+               "cluster attention smem attribute");
+    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+               "cluster attention cluster attribute");
+    return dyn;
+  }();
+  return max_dynamic;
+}
+
+// Calls f.template operator()<D, G, SHARED, T>() for the supported shapes; returns false for the others.
+template <class F>
+bool dispatch(int D, int G, bool shared, DType dt, F&& f) {
+  auto by_t = [&]<int DD, int GG, bool SH>() {
+    if (dt == DType::f16) f.template operator()<DD, GG, SH, __half>();
+    else f.template operator()<DD, GG, SH, __nv_bfloat16>();
+    return true;
+  };
+  auto by_g = [&]<int DD>() {
+    switch (G) {
+      case 1: return by_t.template operator()<DD, 1, false>();  // shared_sum of one head: the per-head selection
+      case 2: return shared ? by_t.template operator()<DD, 2, true>() : by_t.template operator()<DD, 2, false>();
+      case 4: return shared ? by_t.template operator()<DD, 4, true>() : by_t.template operator()<DD, 4, false>();
+      default: return false;
+    }
+  };
+  if (D == 64) return by_g.template operator()<64>();
+  if (D == 128) return by_g.template operator()<128>();
+  return false;
+}
+
+// The launch shape of one batch chunk: C blocks per cluster, tokens per block, shared memory; C = 0 when none fits.
+struct Shape {
+  int C = 0, tmax = 0, lcap = 0, bins = 0;
+  size_t smem = 0;
+};
+
+Shape choose_shape(const BatchInputs& in, const AttentionConfig& config, const BatchDesc& bd, bool attend, int sms) {
+  const HeadsView& k0 = in.seqs[0].k;
+  const int D = int(k0.dim), kvh = int(k0.heads), G = int(in.n_heads / k0.heads);
+  const bool shared = config.group == GroupSelection::shared_sum;
+  int64_t n_max = 0;
+  for (int i = 0; i < bd.batch; ++i) n_max = std::max(n_max, bd.seq[i].n);
+  const int64_t clusters = int64_t(bd.batch) * kvh;
+  Shape best;
+  const char* force = std::getenv("ADAMAS_CUDA_CLUSTER_SIZE");  // tests: a given cluster size
+  const int c_hi = force && *force ? std::atoi(force) : int(std::min<int64_t>(kMaxCluster, sms / std::max<int64_t>(1, clusters)));
+  const int c_lo = force && *force ? c_hi : 2;
+  for (int C = c_hi; C >= c_lo && best.C == 0; --C) {
+    if (C < 1 || C > kMaxCluster) break;
+    Shape s;
+    s.C = C;
+    s.tmax = int(std::min<int64_t>(kMaxTokensPerBlock + 8, ((n_max + C - 1) / C + 7) / 8 * 8));
+    if (s.tmax > kMaxTokensPerBlock) continue;
+    s.lcap = int(std::min<int64_t>(s.tmax, config.budget));
+    s.bins = 3 * D * (shared ? G : 1) + 2;
+    bool ok = dispatch(D, G, shared, k0.dtype, [&]<int DD, int GG, bool SH, class T>() {
+      // At least half an SM's shared memory: one block per SM, so that the C blocks of a cluster and the clusters
+      // spread over the SMs (two blocks on one SM would halve their share of its issue slots and load queue).
+      s.smem = std::max(Layout<DD, GG, SH>::total(s.bins, s.tmax, s.lcap, attend), size_t(max_smem_optin()) / 2 + 1024);
+      const int max_dynamic = attend ? prepare_kernel<DD, GG, SH, T, true>() : prepare_kernel<DD, GG, SH, __half, false>();
+      const void* k = attend ? kernel_ptr<DD, GG, SH, T, true>() : kernel_ptr<DD, GG, SH, __half, false>();
+      if (s.smem > size_t(max_dynamic) || max_active_clusters(k, kThreads, C, s.smem) < clusters) s.C = 0;
+    });
+    if (ok && s.C > 0) best = s;
+  }
+  return best;
+}
+
+bool supported_inputs(const BatchInputs& in, const AttentionConfig& config) {
+  if (in.seqs.empty() || in.q == nullptr || config.method != Method::adamas) return false;
+  if (config.group == GroupSelection::shared_union) return false;
+  const HeadsView& k0 = in.seqs[0].k;
+  if (k0.heads <= 0 || in.n_heads % k0.heads != 0) return false;
+  const int G = int(in.n_heads / k0.heads);
+  if ((k0.dim != 64 && k0.dim != 128) || (G != 1 && G != 2 && G != 4)) return false;
+  if (k0.dtype != DType::f16 && k0.dtype != DType::bf16) return false;
+  if (in.seqs.size() > size_t(kMaxBatch) || reinterpret_cast<uintptr_t>(in.q) % 16 != 0) return false;
+  for (const auto& s : in.seqs)
+    if (s.codes.data == nullptr || s.k.tokens >= (int64_t(1) << 23)) return false;
+  return true;
+}
+
+template <int D, int G, bool SH, class T, bool AT>
+void launch(const ClusterParams& p, const Shape& s, cudaStream_t stream) {
+  prepare_kernel<D, G, SH, T, AT>();
+  const dim3 grid(unsigned(s.C), unsigned(p.kv_heads), unsigned(p.bd.batch));
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t cfg = cluster_launch_config(grid, kThreads, s.C, s.smem, stream, attr);
+  if (launch_verbose()) {
+    char line[256];
+    std::snprintf(line, sizeof line, "[adamas] cluster %s D=%d G=%d shared=%d: grid %ux%ux%u, cluster %d, %d tokens "
+                  "per block, smem %zu B\n", AT ? "decode" : "select", D, G, int(SH), grid.x, grid.y, grid.z, s.C,
+                  s.tmax, s.smem);
+    verbose_print(line);
+  }
+  check_cuda(cudaLaunchKernelEx(&cfg, cluster_kernel<D, G, SH, T, AT>, p), "cluster attention launch");
+}
+
+}  // namespace
+
+bool cluster_selected(const BatchInputs& in, const AttentionConfig& config, bool attend) {
+  const char* e = std::getenv("ADAMAS_CUDA_SELECT");
+  if (e != nullptr && *e && std::strcmp(e, "cluster") != 0) return false;  // another path forced
+  if (!supported_inputs(in, config)) return false;
+  int dev = 0, sms = 0;
+  check_cuda(cudaGetDevice(&dev), "cluster attention device");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "SM count");
+  const auto chunks = make_batches(in, true, "cuda cluster attention");
+  const Shape shape = choose_shape(in, config, chunks[0], attend, sms);
+  if (shape.C == 0) return false;
+  // Default: not for per-head GQA rows of more than 4096 tokens per block (run 3: GQA 128K b256 per head 53.8 us
+  // against the grid path's 47.7; 32K, 2048 tokens per block: 29.2 against 33.0).
+  const int G = int(in.n_heads / in.seqs[0].k.heads);
+  const bool forced = e != nullptr && *e;
+  return forced || config.group == GroupSelection::shared_sum || G == 1 || shape.tmax <= 4096;
+}
+
+void cluster_attention(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float* out,
+                       cudaStream_t stream) {
+  const char* where = "cuda cluster attention";
+  validate_config(config);
+  const auto chunks = make_batches(in, true, where);
+  CUDA_REQUIRE(chunks.size() == 1 && supported_inputs(in, config), ErrorKind::unsupported, where, ": this call is not supported by the cluster kernel");
+  const HeadsView& k0 = in.seqs[0].k;
+  const int D = int(k0.dim), n_heads = int(in.n_heads), kvh = int(k0.heads), G = n_heads / kvh;
+  const bool shared = config.group == GroupSelection::shared_sum;
+  const int units = shared ? kvh : n_heads;
+  const int64_t batch = int64_t(in.seqs.size());
+  int64_t n_max = 0;
+  for (const auto& s : in.seqs) n_max = std::max(n_max, s.k.tokens);
+  auto& S = ws.state();
+  const Shape shape = choose_shape(in, config, chunks[0], out != nullptr, S.sms);
+  CUDA_REQUIRE(shape.C > 0, ErrorKind::unsupported, where, ": no cluster size fits this batch");
+  const int64_t cap = std::min<int64_t>(config.budget, n_max);
+  ensure(&S.idx, &S.idx_bytes, size_t(batch * units * cap) * 4, false);
+  ensure(&S.counts, &S.counts_bytes, size_t(batch * units) * 4, false);
+  const float scale = 1.0f / std::sqrt(float(D));
+  ClusterParams p{};
+  p.bd = chunks[0];
+  p.q = in.q;
+  p.n_heads = n_heads, p.kv_heads = kvh, p.units = units;
+  p.qthr = reinterpret_cast<const Thr*>(in.query_thresholds);
+  p.cfg_thr = {config.thresholds.t0, config.thresholds.t1, config.thresholds.t2};
+  p.hscale = scale;
+  p.qscale = scale * 1.4426950408889634f;
+  p.budget = int(config.budget), p.sink = int(config.sink), p.window = int(config.window);
+  p.bins = shape.bins, p.tmax = shape.tmax, p.lcap = shape.lcap;
+  bool vec = true;
+  for (int i = 0; i < p.bd.batch; ++i) {
+    const SeqDesc& s = p.bd.seq[i];
+    vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
+  }
+  p.vec_codes = vec;
+  p.idx = S.idx, p.cap = cap, p.counts = S.counts;
+  p.out = out;
+  p.stamps = stamp_buffer(0);
+  dispatch(D, G, shared, k0.dtype, [&]<int DD, int GG, bool SH, class T>() {
+    if (out != nullptr) launch<DD, GG, SH, T, true>(p, shape, stream);
+    else launch<DD, GG, SH, __half, false>(p, shape, stream);
+  });
+  S.last = SelectionView{S.idx, S.counts, batch, units, cap, shared};
+}
+
+}  // namespace adamas::cuda::detail
