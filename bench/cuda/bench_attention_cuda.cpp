@@ -28,7 +28,8 @@
 // --adamas-variants "A=1;B=2": one more row per variant of decode_attention's path (e.g. ADAMAS_CUDA_SELECT=grid: the
 // pre-v9 automatic choice of select and attend launches), timed in the same run, per-head and shared rows.
 // --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
-// in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch.
+// in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch (with
+// --dense-only: of one dense launch of the default and of each --dense-variants entry, first round only).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -257,8 +258,8 @@ int main(int argc, char** argv) {
         std::printf("  %3d blocks, clusters of %2d, %d cluster barriers, 5.6 KB parameter  %7.2f us\n", blocks, C,
                     syncs, timer.median_us([&] { bench_cluster_kernel(blocks, C, syncs, 0); }, iters));
       }
-    for (int C : {8, 16})
-      for (int smem : {0, 3 * 1024, 40 * 1024, 70 * 1024})
+    for (int C : {2, 4, 8, 16})  // 120 KB: one block per SM (the dense kernel's launch shape)
+      for (int smem : {0, 70 * 1024, 120 * 1024})
         std::printf("  max co-resident clusters of %2d at %6d B shared: %d\n", C, smem, bench_max_clusters(C, smem));
     ck(cudaMalloc(&marks, 16), "marks");
     ck(cudaMalloc(&sel_st, st_blocks * 64), "stamps");
@@ -357,6 +358,29 @@ int main(int argc, char** argv) {
               bench_touch_pages(k, kv_elems * 2, 64 << 10, timer.sink);
               bench_touch_pages(v, kv_elems * 2, 64 << 10, timer.sink);
             }));
+          if (stamps && round == 0) {  // v9-dense: phases of one flushed launch per variant (the third of three)
+            std::vector<std::string> vars = {""};
+            vars.insert(vars.end(), dense_variants.begin(), dense_variants.end());
+            for (const std::string& var : vars) {
+              const cuda::ScopedEnvSettings env(var);
+              for (int rep = 0; rep < 3; ++rep) {
+                ck(cudaMemset(att_st, 0, st_blocks * 64), "stamps clear");
+                cuda::set_phase_stamps(nullptr, att_st);
+                timer.flush_l2(rep);
+                bench_stamp(marks);
+                dense_call();
+                bench_stamp(marks + 1);
+                ck(cudaDeviceSynchronize(), "probe");
+                cuda::set_phase_stamps(nullptr, nullptr);
+              }
+              std::vector<unsigned long long> st(st_blocks * 8), mk(2);
+              ck(cudaMemcpy(st.data(), att_st, st_blocks * 64, cudaMemcpyDeviceToHost), "st");
+              ck(cudaMemcpy(mk.data(), marks, 16, cudaMemcpyDeviceToHost), "marks");
+              std::printf("probe %s batch %lld context %lld, dense %s:\n", s.name, (long long)B, (long long)n,
+                          var.empty() ? "default" : var.c_str());
+              print_stamps("dense", st, mk[0], mk[1], 8);
+            }
+          }
         } else {
           for (int64_t budget : budgets)
             for (GroupSelection group : {GroupSelection::per_head, GroupSelection::shared_sum}) {

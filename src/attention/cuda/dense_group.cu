@@ -22,6 +22,8 @@
 #include <string>
 #include <utility>
 
+#include <cooperative_groups.h>
+
 #include "attention/cuda/common.cuh"
 #include "attention/cuda/dense_group.h"
 #include "attention/cuda/launch.h"
@@ -32,18 +34,25 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxRows = 8;  // query rows of a group (the n = 8 of the output mma)
+constexpr int kMaxCluster = 8;  // v9: the blocks of a unit merge in one cluster of at most 8 (portable size)
 
+// NB: sequences the parameter holds (v9: a launch of one sequence passes 1, ~0.1 KB instead of the 5.6 KB of
+// kMaxBatch descriptors; the v3 probe measured +0.35 us of launch for the big parameter).
+template <int NB>
 struct DenseGroupParams {
-  BatchDesc bd;
+  SeqDesc seq[NB];
+  int batch;
   const float* q;  // [batch][n_heads][D]
   int n_heads, group;
   float qscale;  // scale * log2(e): scores in base-2 exponent units
   int chunk, max_chunks, units;
   int strided;  // the blocks of a unit take pieces of kWarps tiles round robin (else contiguous chunks of rows)
+  int early;    // v9: all S stages are issued before the query load (v8: S - 1, the last after the query)
   float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
   float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
   uint32_t* done;  // [batch][units], zero between launches
   float* out;      // [batch][n_heads][D]
+  unsigned long long* stamps;  // phase stamps (ADAMAS_CUDA_STAMPS builds), or null
 };
 
 // Tensor-core operations of a 16-bit dtype: pack two f32 into one register, mma.m16n8k16 with f32 accumulation.
@@ -113,8 +122,61 @@ constexpr int stage_rows() { return 16 * (128 / D); }  // 8 KB of K and V per wa
 template <int D, class T, int S>
 constexpr size_t group_smem() { return size_t(kWarps) * S * 2 * stage_rows<D>() * D * sizeof(T); }
 
-template <int D, class T, int S>
-__global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_constant__ DenseGroupParams p) {
+// v9: the merge of a unit's C = gridDim.x blocks (one cluster) through distributed shared memory. red: the block's
+// 4 warp sums [kWarps][kMaxRows][D + 4], M / L: its max and weight sum per query row (M = -inf: no rows). Each block
+// sums its warps into [G][D] behind red, then block k folds outputs [k S, k S + S) of the G x D over the C blocks.
+// Called by every thread of every block of the cluster, at the kernel's top level (cluster barriers inside).
+template <int D>
+__device__ __forceinline__ void cluster_merge(float* red, const float* M, const float* L, int G, float* out,
+                                              unsigned long long* stamps) {
+  namespace cg = cooperative_groups;
+  constexpr int LD = D + 4;
+  float* mine = red + kWarps * kMaxRows * LD;  // [G][D]
+  const int tid = threadIdx.x;
+  for (int i = tid; i < G * D; i += kThreads) {
+    const int q = i / D, d = i % D;
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v += red[(w * kMaxRows + q) * LD + d];
+    mine[i] = v;
+  }
+  ADAMAS_STAMP(stamps, 4);
+  cg::cluster_group cl = cg::this_cluster();
+  cl.sync();  // every block's sums, max and weight sums are in its shared memory
+  ADAMAS_STAMP(stamps, 5);
+  const int C = int(cl.num_blocks()), rank = int(cl.block_rank());
+  const int S = (G * D + C - 1) / C;
+  for (int i = rank * S + tid; i < min(G * D, rank * S + S); i += kThreads) {
+    const int q = i / D;
+    float m[kMaxCluster], l[kMaxCluster], a[kMaxCluster];  // every remote load issued before the first use
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) {
+      const bool ok = c < C;
+      m[c] = ok ? *cl.map_shared_rank(M + q, c) : -INFINITY;
+      l[c] = ok ? *cl.map_shared_rank(L + q, c) : 0.0f;
+      a[c] = ok ? *cl.map_shared_rank(mine + i, c) : 0.0f;
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) mx = fmaxf(mx, m[c]);
+    float ls = 0.0f, as = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) {
+      const float w = m[c] == -INFINITY ? 0.0f : exp2f(m[c] - mx);  // a block without rows weighs nothing
+      ls += l[c] * w, as += a[c] * w;
+    }
+    out[i] = as / ls;
+  }
+  ADAMAS_STAMP(stamps, 6);
+  cl.sync();  // the other blocks have read this block's shared memory
+  ADAMAS_STAMP(stamps, 7);
+}
+
+// CL (v9): the gridDim.x blocks of a unit are one thread-block cluster and merge their partials through distributed
+// shared memory (two cluster barriers) instead of global partials, a fence, an arrival atomic and the last block's
+// L2 reads. Every block of a cluster takes part in the merge, those without rows too.
+template <int D, class T, int S, int NB, bool CL>
+__global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_constant__ DenseGroupParams<NB> p) {
   constexpr int KS = stage_rows<D>();
   constexpr int KG = KS / 16;      // 16-row groups per stage (the k of the P V mma)
   constexpr int CPR = D / 8;       // 16-byte chunks per row
@@ -123,16 +185,18 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   constexpr int TILE = KS * D;     // elements of one tensor's stage tile
   constexpr int LD = D + 4;        // row stride of the warp-merge buffer (floats; breaks bank conflicts)
   static_assert(KS * CPR == 256, "8 cp.async per lane and tensor");
-  static_assert(size_t(kWarps) * kMaxRows * LD * 4 <= group_smem<D, T, S>(), "merge buffer aliases the stages");
+  static_assert(size_t(kWarps * LD + D) * kMaxRows * 4 <= group_smem<D, T, S>(), "merge buffers alias the stages");
   extern __shared__ __align__(128) unsigned char dsm[];
   __shared__ float s_m[kWarps][kMaxRows], s_l[kWarps][kMaxRows], s_M[kMaxRows], s_L[kMaxRows];
   __shared__ int s_last;
 
+  ADAMAS_STAMP(p.stamps, 0);
   const int b = blockIdx.z, unit = blockIdx.y, chunk = blockIdx.x;
-  const SeqDesc& sq = p.bd.seq[b];
+  const SeqDesc& sq = p.seq[b];
   const int64_t n = sq.n;
   const int nchunks = int((n + p.chunk - 1) / p.chunk);  // blocks of this (sequence, KV head)
-  if (chunk >= nchunks) return;
+  const bool idle = chunk >= nchunks;  // no rows (a short sequence of a batch)
+  if (!CL && idle) return;
   const int64_t r_begin = p.strided ? 0 : int64_t(chunk) * p.chunk, r_end = p.strided ? n : min(n, r_begin + p.chunk);
   const int G = p.group, qh0 = unit * G;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -144,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   // and differ by at most one piece (no static tail); the host makes the chunk at least one piece, so every block
   // has rows. Chunks: rows [c chunk, (c + 1) chunk) per block, tile warp + kWarps i of the chunk. (Run 3: at two
   // blocks per SM neither layout was better; the final launch shape was measured with the strided one.)
-  const int tiles = int((r_end - r_begin + KS - 1) / KS);
+  const int tiles = idle ? 0 : int((r_end - r_begin + KS - 1) / KS);
   const int first = p.strided ? chunk * kWarps + warp : warp;
   const int step = p.strided ? kWarps * nchunks : kWarps;
   const int my_tiles = first < tiles ? (tiles - first + step - 1) / step : 0;
@@ -164,10 +228,15 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
       cp_async16(vd + r * D + pc * 8, V + row * sq.v_tok + c * 8, valid);
     }
   };
+  // Prologue: S - 1 tiles (v8), or all S stages (v9, p.early: the loop then refills a stage right after reading it,
+  // so the second tile does not wait for the query load).
+  const int ahead = S - 1 + p.early;
 #pragma unroll
-  for (int s = 0; s < S - 1; ++s) {
-    if (s < my_tiles) issue(s);
-    cp_async_commit();
+  for (int s = 0; s < S; ++s) {
+    if (s < ahead) {
+      if (s < my_tiles) issue(s);
+      cp_async_commit();
+    }
   }
 
   // Q as the A operand (row g, columns 2t, 2t + 1 and 2t + 8, 2t + 9 of each 16-column step), split into terms;
@@ -184,6 +253,7 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
         split_terms<T>(x.x * p.qscale, x.y * p.qscale, qa[s][h]);
       }
   }
+  ADAMAS_STAMP(p.stamps, 1);
 
   // O^T accumulators: acc[m] = O[2t][16m + g], O[2t + 1][16m + g], O[2t][16m + 8 + g], O[2t + 1][16m + 8 + g].
   float acc[DS][4];
@@ -195,10 +265,15 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   const uint32_t wbuf_s = static_cast<uint32_t>(__cvta_generic_to_shared(wbuf));
 
   for (int i = 0; i < my_tiles; ++i) {
-    if (i + S - 1 < my_tiles) issue(i + S - 1);
-    cp_async_commit();
-    cp_async_wait<S - 1>();
+    if (!p.early) {  // v8: refill the stage read in the last iteration
+      if (i + S - 1 < my_tiles) issue(i + S - 1);
+      cp_async_commit();
+    }
+    cp_async_wait<S - 1>();  // S groups issued after tile i's (S - 1 ahead plus one per iteration): tile i landed
     __syncwarp();  // every lane's copies of tile i have landed
+#ifdef ADAMAS_CUDA_STAMPS
+    if (i == 0) ADAMAS_STAMP(p.stamps, 2);
+#endif
     const uint32_t ks = wbuf_s + uint32_t((i % S) * 2 * TILE * sizeof(T));
     const uint32_t vs = ks + uint32_t(TILE * sizeof(T));
     const int64_t key0 = tile_key0(i);
@@ -269,13 +344,18 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
 #pragma unroll
         for (int k = 0; k < NT; ++k) Tc<T>::mma(acc[m], va[0], va[1], va[2], va[3], pb[kg][0][k], pb[kg][1][k]);
       }
-    __syncwarp();  // every lane has read this stage before the next iteration refills it
+    __syncwarp();  // every lane has read this stage before it is refilled
+    if (p.early) {  // v9: refill it now with tile i + S
+      if (i + S < my_tiles) issue(i + S);
+      cp_async_commit();
+    }
   }
   cp_async_wait<0>();  // only empty groups remain
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
   if (t == 0) s_m[warp][g] = m_run, s_l[warp][g] = l_run;
   __syncthreads();  // every warp is done with its stages: they become the merge buffer
+  ADAMAS_STAMP(p.stamps, 3);
 
   // Merge the warps: each scales its accumulators to the block's max, the block sums them.
   float* red = reinterpret_cast<float*>(dsm);  // [kWarps][kMaxRows][LD]
@@ -301,6 +381,10 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
     s_M[tid] = M, s_L[tid] = L;
   }
   __syncthreads();
+  if constexpr (CL) {
+    cluster_merge<D>(red, s_M, s_L, G, p.out + (int64_t(b) * p.n_heads + qh0) * D, p.stamps);
+    return;
+  }
   const int64_t hbase = (int64_t(b) * p.n_heads + qh0) * p.max_chunks;
   for (int i = tid; i < G * D; i += kThreads) {
     const int q = i / D, d = i % D;
@@ -315,35 +399,49 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
       if (d == 0) p.part_ml[pc * 2] = s_M[q], p.part_ml[pc * 2 + 1] = s_L[q];
     }
   }
+  ADAMAS_STAMP(p.stamps, 4);
   if (nchunks == 1) return;
   __threadfence();
   __syncthreads();
   uint32_t* done = p.done + int64_t(b) * p.units + unit;
   if (tid == 0) s_last = atomicAdd(done, 1u) == uint32_t(nchunks - 1);
   __syncthreads();
+  ADAMAS_STAMP(p.stamps, 5);
   if (!s_last) return;
   __threadfence();
   merge_partials_online<D, kThreads>(p.part_ml + hbase * 2, p.part + hbase * D, nchunks, p.max_chunks, G,
                                      p.out + (int64_t(b) * p.n_heads + qh0) * D);
   if (tid == 0) *done = 0;
+  ADAMAS_STAMP(p.stamps, 6);
 }
 
 // Launch shape (NOTES v7 runs 1-3, v8-dense). Default: one block per SM (the block asks for more than half of the
 // shared memory), 2 pipeline stages and one wave of at most kMaxChunks2 blocks per (sequence, KV head) (v8-dense call
 // 2: faster than v7's 3 stages and 8 blocks on every shape but GQA 4K); at 3 or 4 stages at most kMaxChunks (v7 runs
 // 2-3: more blocks per KV head were slower there). 6 stages and a dynamic schedule were slower (v8-dense call 1).
+// v9 (NOTES v9-dense): a launch of one sequence passes a one-sequence parameter; the prologue issues all S stages;
+// where a unit's blocks are 2 to 8 and every cluster of the launch is resident, they merge as one cluster (DSMEM).
 // Knobs (environment, read per call; for A/B runs of the benchmark and the tests; a bad value is an error):
 // ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head); ADAMAS_CUDA_DENSE_LAYOUT=chunks contiguous chunks of rows
-// per block (runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 two blocks per SM (runs 1-2); ADAMAS_CUDA_DENSE_STAGES=2|3|4.
+// per block (runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 two blocks per SM (runs 1-2); ADAMAS_CUDA_DENSE_STAGES=2|3|4;
+// ADAMAS_CUDA_DENSE_MERGE=auto|global|cluster (cluster: required, an error where the clusters do not all fit);
+// ADAMAS_CUDA_DENSE_EARLY=0|1; ADAMAS_CUDA_DENSE_PARAM=full (the kMaxBatch parameter at batch 1);
+// ADAMAS_CUDA_DENSE=v8: the v8 kernel's behaviour (EARLY=0, PARAM=full, MERGE=global; the other knobs still apply).
 // At 2 stages a block keeps half the bytes in flight, so up to twice the blocks per (sequence, KV head) stream
 // (NOTES v8-dense call 2: GQA b1 32K 53.9 us at 16 blocks vs 58.2 at 8).
 constexpr int64_t kMaxChunks = 8, kMaxChunks2 = 16;
+enum class Merge { automatic, global, cluster };
 struct Knobs {
-  int split = 0, chunks = 0, one_per_sm = 1, stages = 2;
+  int split = 0, chunks = 0, one_per_sm = 1, stages = 2, early = 1, full_param = 0;
+  Merge merge = Merge::automatic;
 };
 Knobs read_knobs(const char* where) {
   Knobs k;
   auto get = [](const char* name) { const char* e = std::getenv(name); return std::string(e ? e : ""); };
+  const std::string version = get("ADAMAS_CUDA_DENSE");
+  CUDA_REQUIRE(version.empty() || version == "v8", ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE must be v6 or v8 when set (got '", version, "')");
+  if (version == "v8") k.early = 0, k.full_param = 1, k.merge = Merge::global;
   k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT").c_str());
   k.chunks = get("ADAMAS_CUDA_DENSE_LAYOUT") == "chunks";
   k.one_per_sm = get("ADAMAS_CUDA_DENSE_OCC") != "2";
@@ -353,36 +451,79 @@ Knobs read_knobs(const char* where) {
   if (!stages.empty()) k.stages = std::atoi(stages.c_str());
   CUDA_REQUIRE(k.one_per_sm || k.stages <= 3, ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE_STAGES=4 needs one block per SM (not ADAMAS_CUDA_DENSE_OCC=2)");
+  const std::string merge = get("ADAMAS_CUDA_DENSE_MERGE");
+  CUDA_REQUIRE(merge.empty() || merge == "auto" || merge == "global" || merge == "cluster", ErrorKind::invalid_argument,
+               where, ": ADAMAS_CUDA_DENSE_MERGE must be auto, global or cluster (got '", merge, "')");
+  if (!merge.empty()) k.merge = merge == "global" ? Merge::global : merge == "cluster" ? Merge::cluster : Merge::automatic;
+  const std::string early = get("ADAMAS_CUDA_DENSE_EARLY");
+  CUDA_REQUIRE(early.empty() || early == "0" || early == "1", ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE_EARLY must be 0 or 1 (got '", early, "')");
+  if (!early.empty()) k.early = early == "1";
+  const std::string param = get("ADAMAS_CUDA_DENSE_PARAM");
+  CUDA_REQUIRE(param.empty() || param == "full" || param == "auto", ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE_PARAM must be auto or full (got '", param, "')");
+  if (!param.empty()) k.full_param = param == "full";
   return k;
 }
 constexpr size_t kWholeSmem = 200 * 1024;  // more than half of an SM's shared memory: one block per SM
 
-using GroupKernel = void (*)(const DenseGroupParams);
-
-template <int D, class T>
-GroupKernel pick_dt(int stages) {
-  return stages == 2 ? dense_group_kernel<D, T, 2> : stages == 4 ? dense_group_kernel<D, T, 4> : dense_group_kernel<D, T, 3>;
+// The kernel of a launch: head_dim, dtype, stages, parameter size (1 or kMaxBatch sequences), cluster merge.
+struct KernelChoice {
+  int D, stages;
+  DType dtype;
+  bool one_seq, cluster;
+};
+template <int D, class T, int S, int NB>
+const void* pick_cl(bool cluster) {
+  return cluster ? reinterpret_cast<const void*>(dense_group_kernel<D, T, S, NB, true>)
+                 : reinterpret_cast<const void*>(dense_group_kernel<D, T, S, NB, false>);
 }
-GroupKernel pick_kernel(int D, DType dt, int stages) {
-  const bool h = dt == DType::f16;
-  if (D == 64) return h ? pick_dt<64, __half>(stages) : pick_dt<64, __nv_bfloat16>(stages);
-  return h ? pick_dt<128, __half>(stages) : pick_dt<128, __nv_bfloat16>(stages);
+template <int D, class T, int S>
+const void* pick_nb(const KernelChoice& c) {
+  return c.one_seq ? pick_cl<D, T, S, 1>(c.cluster) : pick_cl<D, T, S, kMaxBatch>(c.cluster);
+}
+template <int D, class T>
+const void* pick_s(const KernelChoice& c) {
+  return c.stages == 2 ? pick_nb<D, T, 2>(c) : c.stages == 4 ? pick_nb<D, T, 4>(c) : pick_nb<D, T, 3>(c);
+}
+const void* pick_kernel(const KernelChoice& c) {
+  const bool h = c.dtype == DType::f16;
+  if (c.D == 64) return h ? pick_s<64, __half>(c) : pick_s<64, __nv_bfloat16>(c);
+  return h ? pick_s<128, __half>(c) : pick_s<128, __nv_bfloat16>(c);
 }
 // Shared memory of the stages: 8 KB of K and V per warp and stage at every head_dim (16 rows at 128, 32 at 64).
 size_t stages_smem(int stages) { return size_t(kWarps) * stages * 8192; }
 
 // Blocks of `kernel` resident per multiprocessor at `smem` bytes (sets its shared-memory attribute once; cached).
-int blocks_per_sm(GroupKernel kernel, size_t smem) {
+int blocks_per_sm(const void* f, size_t smem) {
   static std::mutex mu;
   static std::map<std::pair<const void*, size_t>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  const void* f = reinterpret_cast<const void*>(kernel);
   if (auto it = cache.find({f, smem}); it != cache.end()) return it->second;
   check_cuda(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWholeSmem)),
              "dense group smem attribute");
   int v = 0;
   check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, f, kThreads, smem), "dense group occupancy");
   return cache[{f, smem}] = std::max(v, 1);
+}
+
+template <int NB>
+void launch(const DenseGroupParams<NB>& p, const void* kernel, dim3 grid, int cluster, size_t smem,
+            cudaStream_t stream) {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = cluster_launch_config(grid, kThreads, cluster, smem, stream, attr);
+  cfg.numAttrs = cluster > 1 ? 1 : 0;
+  void* args[] = {const_cast<DenseGroupParams<NB>*>(&p)};
+  check_cuda(cudaLaunchKernelExC(&cfg, kernel, args), "dense group attention kernel launch");
+}
+
+// The fields of both parameter sizes but the sequences.
+template <int NB, int NA>
+void copy_common(DenseGroupParams<NB>& to, const DenseGroupParams<NA>& from) {
+  to.batch = from.batch, to.q = from.q, to.n_heads = from.n_heads, to.group = from.group, to.qscale = from.qscale;
+  to.chunk = from.chunk, to.max_chunks = from.max_chunks, to.units = from.units, to.strided = from.strided;
+  to.early = from.early, to.part = from.part, to.part_ml = from.part_ml, to.done = from.done, to.out = from.out;
+  to.stamps = from.stamps;
 }
 
 }  // namespace
@@ -410,8 +551,8 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   // `cap` per pair; chunks of at least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
   const Knobs kn = read_knobs(where);
   const size_t smem = kn.one_per_sm ? kWholeSmem : stages_smem(kn.stages);
-  const GroupKernel kernel = pick_kernel(D, k0.dtype, kn.stages);
-  const int64_t slots = int64_t(blocks_per_sm(kernel, smem)) * Sx.sms;
+  KernelChoice kc{D, kn.stages, k0.dtype, false, false};
+  const int64_t slots = int64_t(blocks_per_sm(pick_kernel(kc), smem)) * Sx.sms;
   const int64_t cap = kn.stages == 2 ? kMaxChunks2 : kMaxChunks;
   const int64_t wave = std::min(cap, slots / std::min<int64_t>(batch, kMaxBatch) / kvh);
   const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : wave, 1, 256);
@@ -422,28 +563,58 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   ensure(&Sx.done, &Sx.done_bytes, size_t(batch * kvh) * 4, true);
   for (size_t c = 0; c < chunks.size(); ++c) {
     const int64_t b0 = int64_t(c) * kMaxBatch;
-    DenseGroupParams p{};
-    p.bd = chunks[c];
+    DenseGroupParams<kMaxBatch> p{};
+    std::copy(chunks[c].seq, chunks[c].seq + chunks[c].batch, p.seq);
+    p.batch = chunks[c].batch;
     p.q = in.q + b0 * n_heads * D;
     p.n_heads = n_heads, p.group = G;
     p.qscale = scale * 1.4426950408889634f;
     p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = kvh;
     p.strided = !kn.chunks;
+    p.early = kn.early;
     p.part = Sx.part + b0 * n_heads * max_chunks * D;
     p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
     p.done = Sx.done + b0 * kvh;
     p.out = out + b0 * n_heads * D;
-    const dim3 grid(unsigned(max_chunks), unsigned(kvh), unsigned(p.bd.batch));
+    p.stamps = stamp_buffer(1);
+    const dim3 grid(unsigned(max_chunks), unsigned(kvh), unsigned(p.batch));
+    // v9: the blocks of a unit merge in a cluster where they are 2 to kMaxCluster and every cluster is resident.
+    kc.one_seq = p.batch == 1 && !kn.full_param;
+    kc.cluster = false;
+    int resident = 0;
+    if (kn.merge != Merge::global && max_chunks > 1) {
+      const bool fits_size = max_chunks <= kMaxCluster;
+      if (fits_size) {
+        KernelChoice cc = kc;
+        cc.cluster = true;
+        const void* f = pick_kernel(cc);
+        blocks_per_sm(f, smem);  // sets the shared-memory attribute
+        resident = max_active_clusters(f, kThreads, max_chunks, smem);
+        kc.cluster = resident >= int(grid.y * grid.z);
+      }
+      CUDA_REQUIRE(kc.cluster || kn.merge != Merge::cluster, ErrorKind::unsupported, where,
+                   ": ADAMAS_CUDA_DENSE_MERGE=cluster: ", grid.y * grid.z, " clusters of ", max_chunks, " blocks ",
+                   fits_size ? "are not all resident (" + std::to_string(resident) + " fit)" : "exceed 8 blocks");
+    }
+    const void* kernel = pick_kernel(kc);
+    blocks_per_sm(kernel, smem);  // sets the shared-memory attribute
     if (launch_verbose()) {
-      char line[256];
-      std::snprintf(line, sizeof line, "[adamas] attend dense group (v7) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
-                    "%s, %d stages, %d per SM\n", D, G, grid.x, grid.y, grid.z, (long long)chunk,
-                    kn.chunks ? "chunks" : "strided", kn.stages, blocks_per_sm(kernel, smem));
+      char line[320];
+      std::snprintf(line, sizeof line, "[adamas] attend dense group (v9) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
+                    "%s, %d stages, %d per SM, %s parameter, %s, merge %s (%d clusters resident)\n", D, G, grid.x,
+                    grid.y, grid.z, (long long)chunk, kn.chunks ? "chunks" : "strided", kn.stages,
+                    blocks_per_sm(kernel, smem), kc.one_seq ? "1-sequence" : "full", kn.early ? "early" : "v8 prologue",
+                    kc.cluster ? "cluster" : "global", resident);
       verbose_print(line);
     }
-    void* args[] = {&p};
-    check_cuda(cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), args, smem, stream),
-               "dense group attention kernel launch");
+    if (kc.one_seq) {
+      DenseGroupParams<1> p1{};
+      p1.seq[0] = p.seq[0];
+      copy_common(p1, p);
+      launch(p1, kernel, grid, kc.cluster ? max_chunks : 1, smem, stream);
+    } else {
+      launch(p, kernel, grid, kc.cluster ? max_chunks : 1, smem, stream);
+    }
   }
 }
 
