@@ -436,8 +436,9 @@ std::vector<AttnCase> dense_cases() {
 // others are the group kernel's launch knobs (dense_group.cu), settings "NAME=VALUE" separated by commas: both row
 // layouts, one and two blocks per SM, 2 to 4 pipeline stages, splits from 2 to 40 blocks per (sequence, KV head).
 // v9: the default merges a unit's blocks in a cluster where they are 2 to 8 and all clusters fit (the paths of 3 to
-// 8 blocks per unit, as far as they fit), MERGE=cluster requires it (2 and 4 blocks: they fit in every case here),
-// MERGE=global and ADAMAS_CUDA_DENSE=v8 (v8's prologue, parameter and merge) never.
+// 8 blocks per unit, as far as they fit; the default's 8 blocks of 4 stages where 8 to 14 units would get more than
+// 8 blocks each: 5 of the cases here), MERGE=cluster requires it (2 and 4 blocks: they fit in every case here),
+// MERGE=global and ADAMAS_CUDA_DENSE=v8 (v8's parameter, fences and merge) never.
 
 // ADAMAS_TEST_DENSE_PATHS="default;NAME=VALUE,...;..." runs only the listed paths (for the slow sanitizer runs).
 std::vector<std::string> dense_paths() {
@@ -446,7 +447,7 @@ std::vector<std::string> dense_paths() {
       "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40", "ADAMAS_CUDA_DENSE_STAGES=3",
       "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_SPLIT=7", "ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_OCC=2",
       "ADAMAS_CUDA_DENSE=v8", "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=2",
-      "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=4,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_EARLY=0",
+      "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=4,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_PARAM=full",
       "ADAMAS_CUDA_DENSE_MERGE=global,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_PARAM=full"};
   if (const char* only = std::getenv("ADAMAS_TEST_DENSE_PATHS")) {
     v.clear();
@@ -499,7 +500,8 @@ TEST(CudaAttend, DenseKnobsRejectBadValues) {
   const Batch bt(Case{128, 8, 2, DType::f16, {3000}}, rng, Thresholds{});
   Dev<float> dout(size_t(8 * 128));
   for (const std::string bad : {"ADAMAS_CUDA_DENSE_STAGES=5", "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_OCC=2",
-                                "ADAMAS_CUDA_DENSE=v9", "ADAMAS_CUDA_DENSE_MERGE=dsmem", "ADAMAS_CUDA_DENSE_EARLY=2",
+                                "ADAMAS_CUDA_DENSE=v9", "ADAMAS_CUDA_DENSE_MERGE=dsmem", "ADAMAS_CUDA_DENSE_FENCE=some",
+                                "ADAMAS_CUDA_DENSE_WARM=2",
                                 "ADAMAS_CUDA_DENSE_PARAM=small",
                                 "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=40"}) {  // 40 > 8 blocks
     const cuda::ScopedEnvSettings env(bad);

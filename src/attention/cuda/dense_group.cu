@@ -47,7 +47,9 @@ struct DenseGroupParams {
   float qscale;  // scale * log2(e): scores in base-2 exponent units
   int chunk, max_chunks, units;
   int strided;  // the blocks of a unit take pieces of kWarps tiles round robin (else contiguous chunks of rows)
-  int early;    // v9: all S stages are issued before the query load (v8: S - 1, the last after the query)
+  int one_fence;  // v9: the arrival is thread 0's acq_rel atomic after the block barrier (v8: a fence in every thread,
+                 // the last block's fence after it)
+  int warm;       // v9: thread 0 prefetches the merge's lines (arrival counter, partial slots, output) at entry
   float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
   float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
   uint32_t* done;  // [batch][units], zero between launches
@@ -121,6 +123,13 @@ constexpr int stage_rows() { return 16 * (128 / D); }  // 8 KB of K and V per wa
 // S: pipeline stages per warp (S - 1 tiles in flight while one is computed; default 3, NOTES v8-dense).
 template <int D, class T, int S>
 constexpr size_t group_smem() { return size_t(kWarps) * S * 2 * stage_rows<D>() * D * sizeof(T); }
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+__device__ __forceinline__ uint32_t atomic_add_acq_rel(uint32_t* p, uint32_t v) {
+  uint32_t old;
+  asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
 
 // v9: the merge of a unit's C = gridDim.x blocks (one cluster) through distributed shared memory. red: the block's
 // 4 warp sums [kWarps][kMaxRows][D + 4], M / L: its max and weight sum per query row (M = -inf: no rows). Each block
@@ -228,15 +237,17 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
       cp_async16(vd + r * D + pc * 8, V + row * sq.v_tok + c * 8, valid);
     }
   };
-  // Prologue: S - 1 tiles (v8), or all S stages (v9, p.early: the loop then refills a stage right after reading it,
-  // so the second tile does not wait for the query load).
-  const int ahead = S - 1 + p.early;
 #pragma unroll
-  for (int s = 0; s < S; ++s) {
-    if (s < ahead) {
-      if (s < my_tiles) issue(s);
-      cp_async_commit();
-    }
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < my_tiles) issue(s);
+    cp_async_commit();
+  }
+  const int64_t hbase = (int64_t(b) * p.n_heads + qh0) * p.max_chunks;
+  if (!CL && p.warm && tid == 0) {  // v9: the merge's lines and their translations, long before they are needed
+    prefetch_l2(p.done + int64_t(b) * p.units + unit);
+    prefetch_l2(p.part_ml + (hbase + chunk) * 2);
+    prefetch_l2(p.part + (hbase + chunk) * D);
+    prefetch_l2(p.out + (int64_t(b) * p.n_heads + qh0) * D);
   }
 
   // Q as the A operand (row g, columns 2t, 2t + 1 and 2t + 8, 2t + 9 of each 16-column step), split into terms;
@@ -265,11 +276,9 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   const uint32_t wbuf_s = static_cast<uint32_t>(__cvta_generic_to_shared(wbuf));
 
   for (int i = 0; i < my_tiles; ++i) {
-    if (!p.early) {  // v8: refill the stage read in the last iteration
-      if (i + S - 1 < my_tiles) issue(i + S - 1);
-      cp_async_commit();
-    }
-    cp_async_wait<S - 1>();  // S groups issued after tile i's (S - 1 ahead plus one per iteration): tile i landed
+    if (i + S - 1 < my_tiles) issue(i + S - 1);
+    cp_async_commit();
+    cp_async_wait<S - 1>();
     __syncwarp();  // every lane's copies of tile i have landed
 #ifdef ADAMAS_CUDA_STAMPS
     if (i == 0) ADAMAS_STAMP(p.stamps, 2);
@@ -344,11 +353,7 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
 #pragma unroll
         for (int k = 0; k < NT; ++k) Tc<T>::mma(acc[m], va[0], va[1], va[2], va[3], pb[kg][0][k], pb[kg][1][k]);
       }
-    __syncwarp();  // every lane has read this stage before it is refilled
-    if (p.early) {  // v9: refill it now with tile i + S
-      if (i + S < my_tiles) issue(i + S);
-      cp_async_commit();
-    }
+    __syncwarp();  // every lane has read this stage before the next iteration refills it
   }
   cp_async_wait<0>();  // only empty groups remain
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
@@ -383,56 +388,66 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   __syncthreads();
   if constexpr (CL) {
     cluster_merge<D>(red, s_M, s_L, G, p.out + (int64_t(b) * p.n_heads + qh0) * D, p.stamps);
-    return;
-  }
-  const int64_t hbase = (int64_t(b) * p.n_heads + qh0) * p.max_chunks;
-  for (int i = tid; i < G * D; i += kThreads) {
-    const int q = i / D, d = i % D;
-    float v = 0.0f;
+  } else {  // the global merge (v8): partials, arrival, the last block merges
+    for (int i = tid; i < G * D; i += kThreads) {
+      const int q = i / D, d = i % D;
+      float v = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) v += red[(w * kMaxRows + q) * LD + d];
-    if (nchunks == 1) {
-      p.out[(int64_t(b) * p.n_heads + qh0 + q) * D + d] = v / s_L[q];
-    } else {
-      const int64_t pc = hbase + int64_t(q) * p.max_chunks + chunk;
-      p.part[pc * D + d] = v;
-      if (d == 0) p.part_ml[pc * 2] = s_M[q], p.part_ml[pc * 2 + 1] = s_L[q];
+      for (int w = 0; w < kWarps; ++w) v += red[(w * kMaxRows + q) * LD + d];
+      if (nchunks == 1) {
+        p.out[(int64_t(b) * p.n_heads + qh0 + q) * D + d] = v / s_L[q];
+      } else {
+        const int64_t pc = hbase + int64_t(q) * p.max_chunks + chunk;
+        p.part[pc * D + d] = v;
+        if (d == 0) p.part_ml[pc * 2] = s_M[q], p.part_ml[pc * 2 + 1] = s_L[q];
+      }
     }
+    ADAMAS_STAMP(p.stamps, 4);
+    if (nchunks == 1) return;
+    // Arrival: the block's partial is released before the count, the last block acquires the others' (v8: a fence in
+    // every thread; v9 one_fence: the block barrier orders the threads' stores before thread 0's acq_rel atomic, and
+    // the last block's loads after it, as the cooperative-groups grid barrier does).
+    if (!p.one_fence) __threadfence();
+    __syncthreads();
+    uint32_t* done = p.done + int64_t(b) * p.units + unit;
+    if (tid == 0) s_last = (p.one_fence ? atomic_add_acq_rel(done, 1u) : atomicAdd(done, 1u)) == uint32_t(nchunks - 1);
+    __syncthreads();
+    ADAMAS_STAMP(p.stamps, 5);
+    if (!s_last) return;
+    if (!p.one_fence) __threadfence();
+    merge_partials_online<D, kThreads>(p.part_ml + hbase * 2, p.part + hbase * D, nchunks, p.max_chunks, G,
+                                       p.out + (int64_t(b) * p.n_heads + qh0) * D);
+    if (tid == 0) *done = 0;
+    ADAMAS_STAMP(p.stamps, 6);
   }
-  ADAMAS_STAMP(p.stamps, 4);
-  if (nchunks == 1) return;
-  __threadfence();
-  __syncthreads();
-  uint32_t* done = p.done + int64_t(b) * p.units + unit;
-  if (tid == 0) s_last = atomicAdd(done, 1u) == uint32_t(nchunks - 1);
-  __syncthreads();
-  ADAMAS_STAMP(p.stamps, 5);
-  if (!s_last) return;
-  __threadfence();
-  merge_partials_online<D, kThreads>(p.part_ml + hbase * 2, p.part + hbase * D, nchunks, p.max_chunks, G,
-                                     p.out + (int64_t(b) * p.n_heads + qh0) * D);
-  if (tid == 0) *done = 0;
-  ADAMAS_STAMP(p.stamps, 6);
 }
 
 // Launch shape (NOTES v7 runs 1-3, v8-dense). Default: one block per SM (the block asks for more than half of the
 // shared memory), 2 pipeline stages and one wave of at most kMaxChunks2 blocks per (sequence, KV head) (v8-dense call
 // 2: faster than v7's 3 stages and 8 blocks on every shape but GQA 4K); at 3 or 4 stages at most kMaxChunks (v7 runs
 // 2-3: more blocks per KV head were slower there). 6 stages and a dynamic schedule were slower (v8-dense call 1).
-// v9 (NOTES v9-dense): a launch of one sequence passes a one-sequence parameter; the prologue issues all S stages;
-// where a unit's blocks are 2 to 8 and every cluster of the launch is resident, they merge as one cluster (DSMEM).
+// v9 (NOTES v9-dense): where a unit's blocks are 2 to 8 and every cluster of the launch is resident, they merge as
+// one cluster through distributed shared memory (call 1: GQA 32K b1 at 8 blocks per KV head 51.5 us vs 56.0 with the
+// global merge, whose last block took 4-5 us after the last arrival); so where the default would give a unit more
+// than 8 blocks and 8 per unit still make kMinClusterBlocks, a unit gets 8 blocks of 4 stages in one cluster
+// (GQA b1: 64 blocks; call 1: 4K 14.2, 32K 51.7, 128K 180.3 us vs 17.7, 54.5, 180.6 at 16 blocks of 2 stages). A
+// launch of one sequence passes a one-sequence parameter (0.3-0.5 us less launch).
 // Knobs (environment, read per call; for A/B runs of the benchmark and the tests; a bad value is an error):
 // ADAMAS_CUDA_DENSE_SPLIT=N blocks per (sequence, KV head); ADAMAS_CUDA_DENSE_LAYOUT=chunks contiguous chunks of rows
 // per block (runs 1-2); ADAMAS_CUDA_DENSE_OCC=2 two blocks per SM (runs 1-2); ADAMAS_CUDA_DENSE_STAGES=2|3|4;
-// ADAMAS_CUDA_DENSE_MERGE=auto|global|cluster (cluster: required, an error where the clusters do not all fit);
-// ADAMAS_CUDA_DENSE_EARLY=0|1; ADAMAS_CUDA_DENSE_PARAM=full (the kMaxBatch parameter at batch 1);
-// ADAMAS_CUDA_DENSE=v8: the v8 kernel's behaviour (EARLY=0, PARAM=full, MERGE=global; the other knobs still apply).
+// ADAMAS_CUDA_DENSE_MERGE=auto|global|cluster (cluster: required, an error where the clusters do not all fit;
+// global: also v8's launch shape); ADAMAS_CUDA_DENSE_PARAM=full (the kMaxBatch parameter at batch 1);
+// ADAMAS_CUDA_DENSE_FENCE=all|one (the global merge's arrival: v8's fences in every thread, or thread 0's acq_rel
+// atomic); ADAMAS_CUDA_DENSE_WARM=0|1 (prefetch of the global merge's lines at entry);
+// ADAMAS_CUDA_DENSE=v8: the v8 kernel's behaviour (MERGE=global, PARAM=full, FENCE=all, WARM=0; other knobs apply).
 // At 2 stages a block keeps half the bytes in flight, so up to twice the blocks per (sequence, KV head) stream
 // (NOTES v8-dense call 2: GQA b1 32K 53.9 us at 16 blocks vs 58.2 at 8).
 constexpr int64_t kMaxChunks = 8, kMaxChunks2 = 16;
+constexpr int64_t kMinClusterBlocks = 64;  // call 1: 64 blocks of 4 stages read GQA 128K b1 at 98% of copy
+constexpr int kClusterStages = 4;
 enum class Merge { automatic, global, cluster };
 struct Knobs {
-  int split = 0, chunks = 0, one_per_sm = 1, stages = 2, early = 1, full_param = 0;
+  int split = 0, chunks = 0, one_per_sm = 1, stages = 2, stages_set = 0, full_param = 0, one_fence = 1, warm = 1;
   Merge merge = Merge::automatic;
 };
 Knobs read_knobs(const char* where) {
@@ -441,24 +456,28 @@ Knobs read_knobs(const char* where) {
   const std::string version = get("ADAMAS_CUDA_DENSE");
   CUDA_REQUIRE(version.empty() || version == "v8", ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE must be v6 or v8 when set (got '", version, "')");
-  if (version == "v8") k.early = 0, k.full_param = 1, k.merge = Merge::global;
+  if (version == "v8") k.full_param = 1, k.merge = Merge::global, k.one_fence = 0, k.warm = 0;
   k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT").c_str());
   k.chunks = get("ADAMAS_CUDA_DENSE_LAYOUT") == "chunks";
   k.one_per_sm = get("ADAMAS_CUDA_DENSE_OCC") != "2";
   const std::string stages = get("ADAMAS_CUDA_DENSE_STAGES");
   CUDA_REQUIRE(stages.empty() || stages == "2" || stages == "3" || stages == "4", ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE_STAGES must be 2, 3 or 4 (got '", stages, "')");
-  if (!stages.empty()) k.stages = std::atoi(stages.c_str());
+  if (!stages.empty()) k.stages = std::atoi(stages.c_str()), k.stages_set = 1;
   CUDA_REQUIRE(k.one_per_sm || k.stages <= 3, ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE_STAGES=4 needs one block per SM (not ADAMAS_CUDA_DENSE_OCC=2)");
   const std::string merge = get("ADAMAS_CUDA_DENSE_MERGE");
   CUDA_REQUIRE(merge.empty() || merge == "auto" || merge == "global" || merge == "cluster", ErrorKind::invalid_argument,
                where, ": ADAMAS_CUDA_DENSE_MERGE must be auto, global or cluster (got '", merge, "')");
   if (!merge.empty()) k.merge = merge == "global" ? Merge::global : merge == "cluster" ? Merge::cluster : Merge::automatic;
-  const std::string early = get("ADAMAS_CUDA_DENSE_EARLY");
-  CUDA_REQUIRE(early.empty() || early == "0" || early == "1", ErrorKind::invalid_argument, where,
-               ": ADAMAS_CUDA_DENSE_EARLY must be 0 or 1 (got '", early, "')");
-  if (!early.empty()) k.early = early == "1";
+  const std::string fence = get("ADAMAS_CUDA_DENSE_FENCE");
+  CUDA_REQUIRE(fence.empty() || fence == "all" || fence == "one", ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE_FENCE must be all or one (got '", fence, "')");
+  if (!fence.empty()) k.one_fence = fence == "one";
+  const std::string warm = get("ADAMAS_CUDA_DENSE_WARM");
+  CUDA_REQUIRE(warm.empty() || warm == "0" || warm == "1", ErrorKind::invalid_argument, where,
+               ": ADAMAS_CUDA_DENSE_WARM must be 0 or 1 (got '", warm, "')");
+  if (!warm.empty()) k.warm = warm == "1";
   const std::string param = get("ADAMAS_CUDA_DENSE_PARAM");
   CUDA_REQUIRE(param.empty() || param == "full" || param == "auto", ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE_PARAM must be auto or full (got '", param, "')");
@@ -522,7 +541,7 @@ template <int NB, int NA>
 void copy_common(DenseGroupParams<NB>& to, const DenseGroupParams<NA>& from) {
   to.batch = from.batch, to.q = from.q, to.n_heads = from.n_heads, to.group = from.group, to.qscale = from.qscale;
   to.chunk = from.chunk, to.max_chunks = from.max_chunks, to.units = from.units, to.strided = from.strided;
-  to.early = from.early, to.part = from.part, to.part_ml = from.part_ml, to.done = from.done, to.out = from.out;
+  to.one_fence = from.one_fence, to.warm = from.warm, to.part = from.part, to.part_ml = from.part_ml, to.done = from.done, to.out = from.out;
   to.stamps = from.stamps;
 }
 
@@ -549,13 +568,22 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
   for (const auto& s : in.seqs) rows_max = std::max(rows_max, s.k.tokens);
   // One wave (blocks = occupancy x SMs, split evenly over the (sequence, KV head) pairs of a launch), at most
   // `cap` per pair; chunks of at least one piece (a tile per warp: 64 rows at d = 128, 128 at d = 64).
-  const Knobs kn = read_knobs(where);
+  Knobs kn = read_knobs(where);
   const size_t smem = kn.one_per_sm ? kWholeSmem : stages_smem(kn.stages);
   KernelChoice kc{D, kn.stages, k0.dtype, false, false};
   const int64_t slots = int64_t(blocks_per_sm(pick_kernel(kc), smem)) * Sx.sms;
   const int64_t cap = kn.stages == 2 ? kMaxChunks2 : kMaxChunks;
-  const int64_t wave = std::min(cap, slots / std::min<int64_t>(batch, kMaxBatch) / kvh);
-  const int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : wave, 1, 256);
+  const int64_t units = std::min<int64_t>(batch, kMaxBatch) * kvh;
+  const int64_t wave = std::min(cap, slots / units);
+  int64_t per_unit = std::clamp<int64_t>(kn.split > 0 ? kn.split : wave, 1, 256);
+  if (kn.merge != Merge::global && kn.split == 0 && !kn.stages_set && kn.one_per_sm && per_unit > kMaxCluster &&
+      units * kMaxCluster >= kMinClusterBlocks && batch <= kMaxBatch) {  // v9: the cluster launch shape, if it fits
+    KernelChoice cc{D, kClusterStages, k0.dtype, batch == 1 && !kn.full_param, true};
+    const void* f = pick_kernel(cc);
+    blocks_per_sm(f, smem);  // sets the shared-memory attribute
+    if (max_active_clusters(f, kThreads, kMaxCluster, smem) >= units)
+      per_unit = kMaxCluster, kn.stages = kc.stages = kClusterStages;
+  }
   const int64_t chunk = std::max<int64_t>(64 * 128 / D, (rows_max + per_unit - 1) / per_unit);
   const int max_chunks = int((rows_max + chunk - 1) / chunk);
   ensure(&Sx.part, &Sx.part_bytes, size_t(batch * n_heads * max_chunks * (D + 2)) * 4, false);
@@ -571,7 +599,7 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     p.qscale = scale * 1.4426950408889634f;
     p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = kvh;
     p.strided = !kn.chunks;
-    p.early = kn.early;
+    p.one_fence = kn.one_fence, p.warm = kn.warm;
     p.part = Sx.part + b0 * n_heads * max_chunks * D;
     p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
     p.done = Sx.done + b0 * kvh;
@@ -601,10 +629,10 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     if (launch_verbose()) {
       char line[320];
       std::snprintf(line, sizeof line, "[adamas] attend dense group (v9) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
-                    "%s, %d stages, %d per SM, %s parameter, %s, merge %s (%d clusters resident)\n", D, G, grid.x,
-                    grid.y, grid.z, (long long)chunk, kn.chunks ? "chunks" : "strided", kn.stages,
-                    blocks_per_sm(kernel, smem), kc.one_seq ? "1-sequence" : "full", kn.early ? "early" : "v8 prologue",
-                    kc.cluster ? "cluster" : "global", resident);
+                    "%s, %d stages, %d per SM, %s parameter, merge %s (%d clusters resident), fence %s%s\n", D, G,
+                    grid.x, grid.y, grid.z, (long long)chunk, kn.chunks ? "chunks" : "strided", kn.stages,
+                    blocks_per_sm(kernel, smem), kc.one_seq ? "1-sequence" : "full", kc.cluster ? "cluster" : "global",
+                    resident, kn.one_fence ? "one" : "all", kn.warm ? ", warm" : "");
       verbose_print(line);
     }
     if (kc.one_seq) {
