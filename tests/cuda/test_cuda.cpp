@@ -448,7 +448,8 @@ std::vector<std::string> dense_paths() {
       "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_SPLIT=7", "ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_OCC=2",
       "ADAMAS_CUDA_DENSE=v8", "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=2",
       "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=4,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_PARAM=full",
-      "ADAMAS_CUDA_DENSE_MERGE=global,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_PARAM=full"};
+      "ADAMAS_CUDA_DENSE_MERGE=global,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_PARAM=full",
+      "ADAMAS_CUDA_DENSE_FENCE=all,ADAMAS_CUDA_DENSE_SPLIT=12"};
   if (const char* only = std::getenv("ADAMAS_TEST_DENSE_PATHS")) {
     v.clear();
     const std::string list = only;
@@ -501,7 +502,6 @@ TEST(CudaAttend, DenseKnobsRejectBadValues) {
   Dev<float> dout(size_t(8 * 128));
   for (const std::string bad : {"ADAMAS_CUDA_DENSE_STAGES=5", "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_OCC=2",
                                 "ADAMAS_CUDA_DENSE=v9", "ADAMAS_CUDA_DENSE_MERGE=dsmem", "ADAMAS_CUDA_DENSE_FENCE=some",
-                                "ADAMAS_CUDA_DENSE_WARM=2",
                                 "ADAMAS_CUDA_DENSE_PARAM=small",
                                 "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=40"}) {  // 40 > 8 blocks
     const cuda::ScopedEnvSettings env(bad);

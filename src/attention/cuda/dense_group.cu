@@ -49,7 +49,6 @@ struct DenseGroupParams {
   int strided;  // the blocks of a unit take pieces of kWarps tiles round robin (else contiguous chunks of rows)
   int one_fence;  // v9: the arrival is thread 0's acq_rel atomic after the block barrier (v8: a fence in every thread,
                  // the last block's fence after it)
-  int warm;       // v9: thread 0 prefetches the merge's lines (arrival counter, partial slots, output) at entry
   float* part;     // [batch][n_heads][max_chunks][D] weighted V sums of the chunks
   float* part_ml;  // [batch][n_heads][max_chunks][2] max and weight sum
   uint32_t* done;  // [batch][units], zero between launches
@@ -124,7 +123,6 @@ constexpr int stage_rows() { return 16 * (128 / D); }  // 8 KB of K and V per wa
 template <int D, class T, int S>
 constexpr size_t group_smem() { return size_t(kWarps) * S * 2 * stage_rows<D>() * D * sizeof(T); }
 
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 __device__ __forceinline__ uint32_t atomic_add_acq_rel(uint32_t* p, uint32_t v) {
   uint32_t old;
   asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
@@ -241,13 +239,6 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   for (int s = 0; s < S - 1; ++s) {
     if (s < my_tiles) issue(s);
     cp_async_commit();
-  }
-  const int64_t hbase = (int64_t(b) * p.n_heads + qh0) * p.max_chunks;
-  if (!CL && p.warm && tid == 0) {  // v9: the merge's lines and their translations, long before they are needed
-    prefetch_l2(p.done + int64_t(b) * p.units + unit);
-    prefetch_l2(p.part_ml + (hbase + chunk) * 2);
-    prefetch_l2(p.part + (hbase + chunk) * D);
-    prefetch_l2(p.out + (int64_t(b) * p.n_heads + qh0) * D);
   }
 
   // Q as the A operand (row g, columns 2t, 2t + 1 and 2t + 8, 2t + 9 of each 16-column step), split into terms;
@@ -389,6 +380,7 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
   if constexpr (CL) {
     cluster_merge<D>(red, s_M, s_L, G, p.out + (int64_t(b) * p.n_heads + qh0) * D, p.stamps);
   } else {  // the global merge (v8): partials, arrival, the last block merges
+    const int64_t hbase = (int64_t(b) * p.n_heads + qh0) * p.max_chunks;
     for (int i = tid; i < G * D; i += kThreads) {
       const int q = i / D, d = i % D;
       float v = 0.0f;
@@ -438,8 +430,8 @@ __global__ void __launch_bounds__(kThreads, 2) dense_group_kernel(const __grid_c
 // ADAMAS_CUDA_DENSE_MERGE=auto|global|cluster (cluster: required, an error where the clusters do not all fit;
 // global: also v8's launch shape); ADAMAS_CUDA_DENSE_PARAM=full (the kMaxBatch parameter at batch 1);
 // ADAMAS_CUDA_DENSE_FENCE=all|one (the global merge's arrival: v8's fences in every thread, or thread 0's acq_rel
-// atomic); ADAMAS_CUDA_DENSE_WARM=0|1 (prefetch of the global merge's lines at entry);
-// ADAMAS_CUDA_DENSE=v8: the v8 kernel's behaviour (MERGE=global, PARAM=full, FENCE=all, WARM=0; other knobs apply).
+// atomic, 0.2-0.4 us less at batch 1);
+// ADAMAS_CUDA_DENSE=v8: the v8 kernel's behaviour (MERGE=global, PARAM=full, FENCE=all; the other knobs apply).
 // At 2 stages a block keeps half the bytes in flight, so up to twice the blocks per (sequence, KV head) stream
 // (NOTES v8-dense call 2: GQA b1 32K 53.9 us at 16 blocks vs 58.2 at 8).
 constexpr int64_t kMaxChunks = 8, kMaxChunks2 = 16;
@@ -447,7 +439,7 @@ constexpr int64_t kMinClusterBlocks = 64;  // call 1: 64 blocks of 4 stages read
 constexpr int kClusterStages = 4;
 enum class Merge { automatic, global, cluster };
 struct Knobs {
-  int split = 0, chunks = 0, one_per_sm = 1, stages = 2, stages_set = 0, full_param = 0, one_fence = 1, warm = 1;
+  int split = 0, chunks = 0, one_per_sm = 1, stages = 2, stages_set = 0, full_param = 0, one_fence = 1;
   Merge merge = Merge::automatic;
 };
 Knobs read_knobs(const char* where) {
@@ -456,7 +448,7 @@ Knobs read_knobs(const char* where) {
   const std::string version = get("ADAMAS_CUDA_DENSE");
   CUDA_REQUIRE(version.empty() || version == "v8", ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE must be v6 or v8 when set (got '", version, "')");
-  if (version == "v8") k.full_param = 1, k.merge = Merge::global, k.one_fence = 0, k.warm = 0;
+  if (version == "v8") k.full_param = 1, k.merge = Merge::global, k.one_fence = 0;
   k.split = std::atoi(get("ADAMAS_CUDA_DENSE_SPLIT").c_str());
   k.chunks = get("ADAMAS_CUDA_DENSE_LAYOUT") == "chunks";
   k.one_per_sm = get("ADAMAS_CUDA_DENSE_OCC") != "2";
@@ -474,10 +466,6 @@ Knobs read_knobs(const char* where) {
   CUDA_REQUIRE(fence.empty() || fence == "all" || fence == "one", ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE_FENCE must be all or one (got '", fence, "')");
   if (!fence.empty()) k.one_fence = fence == "one";
-  const std::string warm = get("ADAMAS_CUDA_DENSE_WARM");
-  CUDA_REQUIRE(warm.empty() || warm == "0" || warm == "1", ErrorKind::invalid_argument, where,
-               ": ADAMAS_CUDA_DENSE_WARM must be 0 or 1 (got '", warm, "')");
-  if (!warm.empty()) k.warm = warm == "1";
   const std::string param = get("ADAMAS_CUDA_DENSE_PARAM");
   CUDA_REQUIRE(param.empty() || param == "full" || param == "auto", ErrorKind::invalid_argument, where,
                ": ADAMAS_CUDA_DENSE_PARAM must be auto or full (got '", param, "')");
@@ -541,7 +529,7 @@ template <int NB, int NA>
 void copy_common(DenseGroupParams<NB>& to, const DenseGroupParams<NA>& from) {
   to.batch = from.batch, to.q = from.q, to.n_heads = from.n_heads, to.group = from.group, to.qscale = from.qscale;
   to.chunk = from.chunk, to.max_chunks = from.max_chunks, to.units = from.units, to.strided = from.strided;
-  to.one_fence = from.one_fence, to.warm = from.warm, to.part = from.part, to.part_ml = from.part_ml, to.done = from.done, to.out = from.out;
+  to.one_fence = from.one_fence, to.part = from.part, to.part_ml = from.part_ml, to.done = from.done, to.out = from.out;
   to.stamps = from.stamps;
 }
 
@@ -599,7 +587,7 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     p.qscale = scale * 1.4426950408889634f;
     p.chunk = int(chunk), p.max_chunks = max_chunks, p.units = kvh;
     p.strided = !kn.chunks;
-    p.one_fence = kn.one_fence, p.warm = kn.warm;
+    p.one_fence = kn.one_fence;
     p.part = Sx.part + b0 * n_heads * max_chunks * D;
     p.part_ml = part_ml + b0 * n_heads * max_chunks * 2;
     p.done = Sx.done + b0 * kvh;
@@ -629,10 +617,10 @@ void attend_dense_group(const BatchInputs& in, float scale, Workspace& ws, float
     if (launch_verbose()) {
       char line[320];
       std::snprintf(line, sizeof line, "[adamas] attend dense group (v9) D=%d G=%d: grid %ux%ux%u, chunk %lld rows, "
-                    "%s, %d stages, %d per SM, %s parameter, merge %s (%d clusters resident), fence %s%s\n", D, G,
+                    "%s, %d stages, %d per SM, %s parameter, merge %s (%d clusters resident), fence %s\n", D, G,
                     grid.x, grid.y, grid.z, (long long)chunk, kn.chunks ? "chunks" : "strided", kn.stages,
                     blocks_per_sm(kernel, smem), kc.one_seq ? "1-sequence" : "full", kc.cluster ? "cluster" : "global",
-                    resident, kn.one_fence ? "one" : "all", kn.warm ? ", warm" : "");
+                    resident, kn.one_fence ? "one" : "all");
       verbose_print(line);
     }
     if (kc.one_seq) {
