@@ -32,6 +32,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxCluster = 16;
 constexpr int kMaxTokensPerBlock = 32760;  // kept and tie counts of a block are packed in 16 bits
 constexpr int kRowsInFlight = 4;           // attention: selected K/V rows per warp in flight
+constexpr int kRingStages = 4;             // integer distance pass: chunks of codes in the shared-memory ring
+constexpr int kRingBytes = 32768;          // bytes per chunk (1024 tokens at d = 128)
 
 struct ClusterParams {
   BatchDesc bd;
@@ -67,8 +69,11 @@ struct Layout {
   __host__ __device__ static size_t cpart(int bins, int tmax, int lcap) {
     return wpart(bins, tmax, lcap) + size_t(kWarps) * QH * (D + 2) * 4;
   }
+  __host__ __device__ static size_t ring(int bins, int tmax, int lcap, bool attend) {
+    return up16(attend ? cpart(bins, tmax, lcap) + size_t(G) * (D + 2) * 4 : list(bins, tmax));
+  }
   __host__ __device__ static size_t total(int bins, int tmax, int lcap, bool attend) {
-    return attend ? cpart(bins, tmax, lcap) + size_t(G) * (D + 2) * 4 : list(bins, tmax);
+    return ring(bins, tmax, lcap, attend) + (kMmaDistances<G> ? 0 : size_t(kRingStages) * kRingBytes);
   }
 };
 
@@ -132,9 +137,13 @@ __device__ __forceinline__ RowCut find_row_cut(const uint32_t* cum_row, int bins
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = threadIdx.x & 31, nb = bins - 1;  // cum_row[nb]: the middle's size in this block
-  auto total_at = [&](int j) {  // sum over the cluster of cum[j]
+  auto total_at = [&](int j) {  // sum over the cluster of cum[j]: C independent loads in flight together
+    uint32_t v[kMaxCluster];
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) v[c] = c < C ? cluster.map_shared_rank(cum_row, c)[j] : 0u;
     uint32_t s = 0;
-    for (int c = 0; c < C; ++c) s += cluster.map_shared_rank(cum_row, c)[j];
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) s += v[c];
     return s;
   };
   const uint32_t mid_all = warp_sum(lane < C ? cluster.map_shared_rank(cum_row, lane)[nb] : 0u);
@@ -173,6 +182,8 @@ __device__ __forceinline__ RowCut find_row_cut(const uint32_t* cum_row, int bins
   rc.count = min(rc.count, len);
   return rc;
 }
+// (Run 5 tried the cluster's totals of every entry in local shared memory, one round of C x bins remote loads, then a
+// local search: slower, MHA 32K select 27.4 -> 28.3 us, GQA 32K shared 16.8 -> 19.7.)
 
 // Exclusive scan, in place, of each of the R histogram rows (bins entries each): cum[i] = middle tokens below bin i.
 template <int R>
@@ -317,6 +328,66 @@ __device__ __forceinline__ void attend_block(const ClusterParams& p, int b, int 
   }
 }
 
+// The integer distance pass (G = 1) fed by a cp.async ring in shared memory: kRingStages chunks of kRingBytes, every
+// thread copies its 16-byte pieces of a chunk, one block barrier per chunk, kRingStages - 1 chunks always in flight
+// (96 KB per SM) whatever the registers. The register-fed pass (distance.cuh) keeps 64 KB per SM in flight only
+// between its batches, and a cluster launch leaves SMs idle (30 clusters of 4 fit an H100, not 32: MHA batch 1 runs
+// 32 clusters of 3 on 96 SMs): its stream ran at ~2 TB/s (run 5). Same contract as distance_pass_int (16-byte
+// aligned codes).
+template <int D, class Params>
+__device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int kvh, int64_t t_begin, int len,
+                                                   int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
+                                                   uint32_t* hist, uint8_t* ring) {
+  constexpr int CB = D / 4, PPT = CB / 16, LPT = D / 64, TPS = kThreads / LPT, CT = kRingBytes / CB;
+  const SeqDesc& sq = p.bd.seq[b];
+  const uint8_t* src = sq.codes + kvh * sq.c_head + t_begin * sq.c_tok;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, part = lane % LPT;
+  const int chunks = (len + CT - 1) / CT;
+  auto issue = [&](int k) {  // chunk k into stage k % kRingStages; a group is committed even when empty
+    if (k < chunks) {
+      uint8_t* dst = ring + size_t(k % kRingStages) * kRingBytes;
+      const int t0 = k * CT, cnt = min(CT, len - t0);
+      for (int i = tid; i < cnt * PPT; i += kThreads) {
+        const int tok = i / PPT, pc = i % PPT;
+        cp_async16(dst + tok * CB + pc * 16, src + int64_t(t0 + tok) * sq.c_tok + pc * 16, true);
+      }
+    }
+    cp_async_commit();
+  };
+  float xq[D / 32];
+  if (warp == 0) load_query<D>(p, b, kvh, xq);
+#pragma unroll
+  for (int k = 0; k < kRingStages - 1; ++k) issue(k);
+  for (int i = tid; i < p.bins; i += kThreads) hist[i] = 0;
+  if (warp == 0) finish_query<D>(p, kvh, xq, qw_s);
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 1);
+  const LaneCodes qc = lane_codes(qw_s[part * 4], qw_s[part * 4 + 1], qw_s[part * 4 + 2], qw_s[part * 4 + 3]);
+  const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
+  const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
+  for (int k = 0; k < chunks; ++k) {
+    cp_async_wait<kRingStages - 2>();
+    __syncthreads();  // chunk k landed for every thread; every thread is done with chunk k - 1's stage
+    issue(k + kRingStages - 1);
+    const uint8_t* cs = ring + size_t(k % kRingStages) * kRingBytes;
+    const int t0 = k * CT, cnt = min(CT, len - t0);
+    for (int j0 = 0; j0 < cnt; j0 += TPS) {  // the same trip count in every lane (shuffles)
+      const int j = j0 + tid / LPT;
+      const bool valid = j < cnt;
+      const uint4 v = valid ? *reinterpret_cast<const uint4*>(cs + j * CB + part * 16) : make_uint4(0, 0, 0, 0);
+      int d = lane_l1(qc, lane_codes(v.x, v.y, v.z, v.w));
+#pragma unroll
+      for (int o = 1; o < LPT; o *= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
+      const int local = t0 + j;
+      if (part == 0 && valid) {
+        dist[local] = uint16_t(d);
+        if (local >= mid_lo && local < mid_hi) atomicAdd(&hist[d], 1u);
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+
 // Folds partial (mc, lc, ac) into (m, l, a); empty partials (mc = -inf) add nothing.
 __device__ __forceinline__ float merge_weight(float mc, float M) { return mc == -INFINITY ? 0.0f : exp2f(mc - M); }
 
@@ -349,10 +420,13 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   int64_t s0, tail;
   s0 = min(int64_t(p.sink), n);
   tail = max(s0, n - int64_t(max(p.window, 1)));
-  if constexpr (kMmaDistances<G>)
+  if constexpr (kMmaDistances<G>) {
     distance_pass_mma<D, G, SHARED, false, kThreads>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum);
-  else
-    distance_pass_int<D, G, SHARED, false, kThreads>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum);
+  } else {
+    static_assert(G == 1, "the ring pass makes one query head's codes");
+    distance_pass_ring<D>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum,
+                          dsm + L::ring(p.bins, p.tmax, p.lcap, ATTEND));
+  }
   __syncthreads();
   histograms_to_cumulative<R>(cum, p.bins, warp_sums);
   ADAMAS_STAMP(p.stamps, 2);
@@ -456,6 +530,10 @@ int prepare_kernel() {
                "cluster attention smem attribute");
     check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
                "cluster attention cluster attribute");
+    // As much L1 as the launch leaves: the code stream's loads allocate in L1 (run 4: with 117 KB of shared memory
+    // per block the distance pass streamed at ~2 TB/s).
+    check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, 0),
+               "cluster attention carveout attribute");
     return dyn;
   }();
   return max_dynamic;
@@ -499,6 +577,8 @@ Shape choose_shape(const BatchInputs& in, const AttentionConfig& config, const B
   const char* force = std::getenv("ADAMAS_CUDA_CLUSTER_SIZE");  // tests: a given cluster size
   const int c_hi = force && *force ? std::atoi(force) : int(std::min<int64_t>(kMaxCluster, sms / std::max<int64_t>(1, clusters)));
   const int c_lo = force && *force ? c_hi : 2;
+  const char* pad_env = std::getenv("ADAMAS_CUDA_CLUSTER_PAD");
+  const bool pad = pad_env && std::strcmp(pad_env, "1") == 0;
   for (int C = c_hi; C >= c_lo && best.C == 0; --C) {
     if (C < 1 || C > kMaxCluster) break;
     Shape s;
@@ -508,9 +588,10 @@ Shape choose_shape(const BatchInputs& in, const AttentionConfig& config, const B
     s.lcap = int(std::min<int64_t>(s.tmax, config.budget));
     s.bins = 3 * D * (shared ? G : 1) + 2;
     bool ok = dispatch(D, G, shared, k0.dtype, [&]<int DD, int GG, bool SH, class T>() {
-      // At least half an SM's shared memory: one block per SM, so that the C blocks of a cluster and the clusters
-      // spread over the SMs (two blocks on one SM would halve their share of its issue slots and load queue).
-      s.smem = std::max(Layout<DD, GG, SH>::total(s.bins, s.tmax, s.lcap, attend), size_t(max_smem_optin()) / 2 + 1024);
+      // One block per SM: 512 threads at more than 64 registers each leave no room for a second block. (Run 2 asked
+      // for half an SM's shared memory to force it; ADAMAS_CUDA_CLUSTER_PAD=1 still does, for A/B.)
+      s.smem = Layout<DD, GG, SH>::total(s.bins, s.tmax, s.lcap, attend);
+      if (pad) s.smem = std::max(s.smem, size_t(max_smem_optin()) / 2 + 1024);
       const int max_dynamic = attend ? prepare_kernel<DD, GG, SH, T, true>() : prepare_kernel<DD, GG, SH, __half, false>();
       const void* k = attend ? kernel_ptr<DD, GG, SH, T, true>() : kernel_ptr<DD, GG, SH, __half, false>();
       if (s.smem > size_t(max_dynamic) || max_active_clusters(k, kThreads, C, s.smem) < clusters) s.C = 0;
@@ -529,8 +610,10 @@ bool supported_inputs(const BatchInputs& in, const AttentionConfig& config) {
   if ((k0.dim != 64 && k0.dim != 128) || (G != 1 && G != 2 && G != 4)) return false;
   if (k0.dtype != DType::f16 && k0.dtype != DType::bf16) return false;
   if (in.seqs.size() > size_t(kMaxBatch) || reinterpret_cast<uintptr_t>(in.q) % 16 != 0) return false;
-  for (const auto& s : in.seqs)
-    if (s.codes.data == nullptr || s.k.tokens >= (int64_t(1) << 23)) return false;
+  for (const auto& s : in.seqs)  // the ring pass copies 16-byte pieces of codes
+    if (s.codes.data == nullptr || s.k.tokens >= (int64_t(1) << 23) || reinterpret_cast<uintptr_t>(s.codes.data) % 16 != 0 ||
+        s.codes.token_stride % 16 != 0 || s.codes.head_stride % 16 != 0)
+      return false;
   return true;
 }
 
