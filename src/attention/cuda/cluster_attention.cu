@@ -73,7 +73,7 @@ struct Layout {
     return up16(attend ? cpart(bins, tmax, lcap) + size_t(G) * (D + 2) * 4 : list(bins, tmax));
   }
   __host__ __device__ static size_t total(int bins, int tmax, int lcap, bool attend) {
-    return ring(bins, tmax, lcap, attend) + (kMmaDistances<G> ? 0 : size_t(kRingStages) * kRingBytes);
+    return ring(bins, tmax, lcap, attend) + size_t(kRingStages) * kRingBytes;
   }
 };
 
@@ -328,36 +328,57 @@ __device__ __forceinline__ void attend_block(const ClusterParams& p, int b, int 
   }
 }
 
-// The integer distance pass (G = 1) fed by a cp.async ring in shared memory: kRingStages chunks of kRingBytes, every
-// thread copies its 16-byte pieces of a chunk, one block barrier per chunk, kRingStages - 1 chunks always in flight
-// (96 KB per SM) whatever the registers. The register-fed pass (distance.cuh) keeps 64 KB per SM in flight only
-// between its batches, and a cluster launch leaves SMs idle (30 clusters of 4 fit an H100, not 32: MHA batch 1 runs
-// 32 clusters of 3 on 96 SMs): its stream ran at ~2 TB/s (run 5). Same contract as distance_pass_int (16-byte
-// aligned codes).
-template <int D, class Params>
-__device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int kvh, int64_t t_begin, int len,
-                                                   int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
-                                                   uint32_t* hist, uint8_t* ring) {
-  constexpr int CB = D / 4, PPT = CB / 16, LPT = D / 64, TPS = kThreads / LPT, CT = kRingBytes / CB;
-  const SeqDesc& sq = p.bd.seq[b];
-  const uint8_t* src = sq.codes + kvh * sq.c_head + t_begin * sq.c_tok;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, part = lane % LPT;
-  const int chunks = (len + CT - 1) / CT;
-  auto issue = [&](int k) {  // chunk k into stage k % kRingStages; a group is committed even when empty
+// The distance passes of this kernel are fed by a cp.async ring in shared memory: kRingStages chunks of kRingBytes,
+// every thread copies its 16-byte pieces of a chunk, one block barrier per chunk, kRingStages - 1 chunks always in
+// flight (96 KB per SM) whatever the registers. The register-fed passes (distance.cuh) keep 64 KB per SM in flight
+// only between their batches, and a cluster launch leaves SMs idle (30 clusters of 4 fit an H100, not 32: MHA batch
+// 1 runs 32 clusters of 3 on 96 SMs): their stream ran at ~2 TB/s (run 5). Needs 16-byte aligned codes.
+template <int D>
+struct CodeRing {
+  static constexpr int CB = D / 4, PPT = CB / 16, CT = kRingBytes / CB;  // code bytes, pieces per token, tokens per chunk
+  const uint8_t* src;
+  int64_t c_tok;
+  int len, chunks;
+  uint8_t* ring;
+  __device__ CodeRing(const SeqDesc& sq, int kvh, int64_t t_begin, int len_, uint8_t* ring_)
+      : src(sq.codes + kvh * sq.c_head + t_begin * sq.c_tok), c_tok(sq.c_tok), len(len_),
+        chunks((len_ + CT - 1) / CT), ring(ring_) {}
+  __device__ void issue(int k) const {  // chunk k into stage k % kRingStages; a group is committed even when empty
     if (k < chunks) {
       uint8_t* dst = ring + size_t(k % kRingStages) * kRingBytes;
       const int t0 = k * CT, cnt = min(CT, len - t0);
-      for (int i = tid; i < cnt * PPT; i += kThreads) {
+      for (int i = threadIdx.x; i < cnt * PPT; i += kThreads) {
         const int tok = i / PPT, pc = i % PPT;
-        cp_async16(dst + tok * CB + pc * 16, src + int64_t(t0 + tok) * sq.c_tok + pc * 16, true);
+        cp_async16(dst + tok * CB + pc * 16, src + int64_t(t0 + tok) * c_tok + pc * 16, true);
       }
     }
     cp_async_commit();
-  };
+  }
+  __device__ void prologue() const {
+#pragma unroll
+    for (int k = 0; k < kRingStages - 1; ++k) issue(k);
+  }
+  // Waits for chunk k (every thread), refills the stage chunk k - 1 used, and returns chunk k's codes.
+  __device__ const uint8_t* next(int k) const {
+    cp_async_wait<kRingStages - 2>();
+    __syncthreads();  // chunk k landed for every thread; every thread is done with chunk k - 1's stage
+    issue(k + kRingStages - 1);
+    return ring + size_t(k % kRingStages) * kRingBytes;
+  }
+};
+
+// The integer distance pass (G = 1) over the ring: the same contract as distance_pass_int.
+template <int D, class Params>
+__device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int kvh, int64_t t_begin, int len,
+                                                   int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
+                                                   uint32_t* hist, uint8_t* ring_smem) {
+  constexpr int LPT = D / 64, TPS = kThreads / LPT;
+  using Ring = CodeRing<D>;
+  const Ring ring(p.bd.seq[b], kvh, t_begin, len, ring_smem);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, part = lane % LPT;
   float xq[D / 32];
   if (warp == 0) load_query<D>(p, b, kvh, xq);
-#pragma unroll
-  for (int k = 0; k < kRingStages - 1; ++k) issue(k);
+  ring.prologue();
   for (int i = tid; i < p.bins; i += kThreads) hist[i] = 0;
   if (warp == 0) finish_query<D>(p, kvh, xq, qw_s);
   __syncthreads();
@@ -365,16 +386,13 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
   const LaneCodes qc = lane_codes(qw_s[part * 4], qw_s[part * 4 + 1], qw_s[part * 4 + 2], qw_s[part * 4 + 3]);
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
-  for (int k = 0; k < chunks; ++k) {
-    cp_async_wait<kRingStages - 2>();
-    __syncthreads();  // chunk k landed for every thread; every thread is done with chunk k - 1's stage
-    issue(k + kRingStages - 1);
-    const uint8_t* cs = ring + size_t(k % kRingStages) * kRingBytes;
-    const int t0 = k * CT, cnt = min(CT, len - t0);
+  for (int k = 0; k < ring.chunks; ++k) {
+    const uint8_t* cs = ring.next(k);
+    const int t0 = k * Ring::CT, cnt = min(Ring::CT, len - t0);
     for (int j0 = 0; j0 < cnt; j0 += TPS) {  // the same trip count in every lane (shuffles)
       const int j = j0 + tid / LPT;
       const bool valid = j < cnt;
-      const uint4 v = valid ? *reinterpret_cast<const uint4*>(cs + j * CB + part * 16) : make_uint4(0, 0, 0, 0);
+      const uint4 v = valid ? *reinterpret_cast<const uint4*>(cs + j * Ring::CB + part * 16) : make_uint4(0, 0, 0, 0);
       int d = lane_l1(qc, lane_codes(v.x, v.y, v.z, v.w));
 #pragma unroll
       for (int o = 1; o < LPT; o *= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
@@ -382,6 +400,77 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
       if (part == 0 && valid) {
         dist[local] = uint16_t(d);
         if (local >= mid_lo && local < mid_hi) atomicAdd(&hist[d], 1u);
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+
+// The tensor-core distance pass (G = 2, 4) over the ring: distance_pass_mma's fragments (lane (g, t) takes code words
+// [t CW, t CW + CW) of keys g and g + 8 of its warp's 16), read from shared memory; the same contract.
+template <int D, int G, bool SHARED, class Params>
+__device__ __forceinline__ void distance_pass_mma_ring(const Params& p, int b, int kvh, int64_t t_begin, int len,
+                                                       int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
+                                                       uint32_t* hist, uint8_t* ring_smem) {
+  constexpr int W = D / 16, CW = D / 64, TPI = kWarps * 16;
+  using Ring = CodeRing<D>;
+  static_assert(Ring::CT % TPI == 0, "whole steps per chunk");
+  const Ring ring(p.bd.seq[b], kvh, t_begin, len, ring_smem);
+  const int tmax = p.tmax, bins = p.bins;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  float xq[D / 32];
+  if (warp < G) load_query<D>(p, b, kvh * G + warp, xq);
+  ring.prologue();
+  for (int i = tid; i < (SHARED ? 1 : G) * bins; i += kThreads) hist[i] = 0;
+  if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
+  __syncthreads();
+  ADAMAS_STAMP(p.stamps, 1);
+  const MmaWords<CW> bq = mma_query<D, G>(qw_s);
+  const int r0 = 2 * (t & 1);
+  int qs0 = 0, qs1 = 0;
+  if constexpr (SHARED) {
+    for (int q = 0; q < G; ++q) qs0 += code_sum(qw_s + q * W, W);
+  } else {
+    if (r0 < G) qs0 = code_sum(qw_s + r0 * W, W), qs1 = code_sum(qw_s + (r0 + 1) * W, W);
+  }
+  const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
+  const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
+  auto key_words = [&](const uint8_t* cs, int j, uint32_t (&w)[CW]) {  // zeros past the chunk (its stale bytes)
+    if constexpr (CW == 2) {
+      const uint2 v = *reinterpret_cast<const uint2*>(cs + j * Ring::CB + t * 8);
+      w[0] = v.x, w[1] = v.y;
+    } else {
+      w[0] = *reinterpret_cast<const uint32_t*>(cs + j * Ring::CB + t * 4);
+    }
+  };
+  for (int k = 0; k < ring.chunks; ++k) {
+    const uint8_t* cs = ring.next(k);
+    const int t0 = k * Ring::CT, cnt = min(Ring::CT, len - t0);
+    for (int j0 = 0; j0 < cnt; j0 += TPI) {
+      const int base = j0 + warp * 16;
+      if (base >= cnt) break;  // warp-uniform
+      uint32_t lo[CW], hi[CW];
+      key_words(cs, base + g, lo);
+      key_words(cs, base + g + 8, hi);
+      int c[4];
+      mma_dots<CW>(mma_words<CW>(lo), mma_words<CW>(hi), bq, c);
+      const MmaOut o = mma_outputs<G, SHARED>(c, qs0, qs1);
+      const int j = base + o.key, local = t0 + j;
+      if (j < cnt) {
+        const bool mid = local >= mid_lo && local < mid_hi;
+        if constexpr (SHARED) {
+          if ((t & 1) == 0) {
+            dist[local] = uint16_t(o.d0);
+            if (mid) atomicAdd(&hist[o.d0], 1u);
+          }
+        } else if (r0 < G) {
+          dist[r0 * tmax + local] = uint16_t(o.d0);
+          dist[(r0 + 1) * tmax + local] = uint16_t(o.d1);
+          if (mid) {
+            atomicAdd(&hist[r0 * bins + o.d0], 1u);
+            atomicAdd(&hist[(r0 + 1) * bins + o.d1], 1u);
+          }
+        }
       }
     }
   }
@@ -420,12 +509,12 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   int64_t s0, tail;
   s0 = min(int64_t(p.sink), n);
   tail = max(s0, n - int64_t(max(p.window, 1)));
+  uint8_t* ring = dsm + L::ring(p.bins, p.tmax, p.lcap, ATTEND);
   if constexpr (kMmaDistances<G>) {
-    distance_pass_mma<D, G, SHARED, false, kThreads>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum);
+    distance_pass_mma_ring<D, G, SHARED>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
   } else {
-    static_assert(G == 1, "the ring pass makes one query head's codes");
-    distance_pass_ring<D>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum,
-                          dsm + L::ring(p.bins, p.tmax, p.lcap, ATTEND));
+    static_assert(G == 1, "the integer ring pass makes one query head's codes");
+    distance_pass_ring<D>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
   }
   __syncthreads();
   histograms_to_cumulative<R>(cum, p.bins, warp_sums);
