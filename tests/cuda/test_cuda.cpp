@@ -700,7 +700,9 @@ TEST(CudaDecode, ClusterPathMatchesCpu) {
       {"budget_one", {128, 2, 2, DType::f16, {5000}, 1.0, 0}, 1, 0, 0, per_head},
   };
   cuda::Workspace ws;
-  for (const std::string size : {"", "ADAMAS_CUDA_CLUSTER_SIZE=2", "ADAMAS_CUDA_CLUSTER_SIZE=3", "ADAMAS_CUDA_CLUSTER_SIZE=7"}) {
+  // The last entry: the ring fed by per-thread cp.async (the others take bulk copies: contiguous codes).
+  for (const std::string size : {"", "ADAMAS_CUDA_CLUSTER_SIZE=2", "ADAMAS_CUDA_CLUSTER_SIZE=3", "ADAMAS_CUDA_CLUSTER_SIZE=7",
+                                 "ADAMAS_CUDA_CLUSTER_RING=cp.async"}) {
     const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=cluster" + (size.empty() ? "" : "," + size));
     for (const auto& sc : cases) {
       SCOPED_TRACE(std::string(sc.name) + " " + size);

@@ -49,6 +49,7 @@ struct ClusterParams {
   int tmax;  // tokens per block at most: a multiple of 8, <= kMaxTokensPerBlock
   int lcap;  // list entries per row (selected tokens of one block)
   int vec_codes;
+  int ring_bulk;  // the ring may use bulk copies (ADAMAS_CUDA_CLUSTER_RING=cp.async: never, for A/B)
   int32_t* idx;  // [batch][units][cap]
   int64_t cap;
   int32_t* counts;  // [batch][units]
@@ -328,42 +329,65 @@ __device__ __forceinline__ void attend_block(const ClusterParams& p, int b, int 
   }
 }
 
-// The distance passes of this kernel are fed by a cp.async ring in shared memory: kRingStages chunks of kRingBytes,
-// every thread copies its 16-byte pieces of a chunk, one block barrier per chunk, kRingStages - 1 chunks always in
-// flight (96 KB per SM) whatever the registers. The register-fed passes (distance.cuh) keep 64 KB per SM in flight
-// only between their batches, and a cluster launch leaves SMs idle (30 clusters of 4 fit an H100, not 32: MHA batch
-// 1 runs 32 clusters of 3 on 96 SMs): their stream ran at ~2 TB/s (run 5). Needs 16-byte aligned codes.
+// The distance passes of this kernel are fed by a ring in shared memory: kRingStages chunks of kRingBytes, one
+// block barrier per chunk, kRingStages - 1 chunks always in flight (96 KB per SM) whatever the registers. The
+// register-fed passes (distance.cuh) keep 64 KB per SM in flight only between their batches, and a cluster launch
+// leaves SMs idle (30 clusters of 4 fit an H100, not 32: MHA batch 1 runs 32 clusters of 3 on 96 SMs): their
+// stream ran at ~2 TB/s (run 5). Where a head's codes are contiguous (token stride = code bytes, the engine's and
+// the bench's layout) one thread issues each chunk as one TMA bulk copy completing on the stage's mbarrier; else every
+// thread copies its 16-byte pieces with cp.async (run 7: 690 tokens/us per SM, ~22 GB/s, either distance pass: the
+// per-thread copies' rate). Needs 16-byte aligned codes.
 template <int D>
 struct CodeRing {
   static constexpr int CB = D / 4, PPT = CB / 16, CT = kRingBytes / CB;  // code bytes, pieces per token, tokens per chunk
   const uint8_t* src;
   int64_t c_tok;
   int len, chunks;
+  bool bulk;
   uint8_t* ring;
-  __device__ CodeRing(const SeqDesc& sq, int kvh, int64_t t_begin, int len_, uint8_t* ring_)
+  uint64_t* bars;  // [kRingStages], bulk only
+  __device__ CodeRing(const SeqDesc& sq, int kvh, int64_t t_begin, int len_, bool allow_bulk, uint8_t* ring_,
+                      uint64_t* bars_)
       : src(sq.codes + kvh * sq.c_head + t_begin * sq.c_tok), c_tok(sq.c_tok), len(len_),
-        chunks((len_ + CT - 1) / CT), ring(ring_) {}
-  __device__ void issue(int k) const {  // chunk k into stage k % kRingStages; a group is committed even when empty
-    if (k < chunks) {
-      uint8_t* dst = ring + size_t(k % kRingStages) * kRingBytes;
-      const int t0 = k * CT, cnt = min(CT, len - t0);
+        chunks((len_ + CT - 1) / CT), bulk(allow_bulk && sq.c_tok == CB), ring(ring_), bars(bars_) {}
+  __device__ void issue(int k) const {  // chunk k into stage k % kRingStages
+    const int t0 = k * CT, cnt = min(CT, len - t0);
+    uint8_t* dst = ring + size_t(k % kRingStages) * kRingBytes;
+    if (bulk) {
+      if (k < chunks && threadIdx.x == 0) {
+        uint64_t* bar = bars + k % kRingStages;
+        mbarrier_expect_tx(bar, unsigned(cnt * CB));
+        bulk_copy_g2s(dst, src + int64_t(t0) * CB, unsigned(cnt * CB), bar);
+      }
+      return;
+    }
+    if (k < chunks)
       for (int i = threadIdx.x; i < cnt * PPT; i += kThreads) {
         const int tok = i / PPT, pc = i % PPT;
         cp_async16(dst + tok * CB + pc * 16, src + int64_t(t0 + tok) * c_tok + pc * 16, true);
       }
-    }
-    cp_async_commit();
+    cp_async_commit();  // a group even when empty: the waits count groups
   }
+  // Before the pass's first block barrier (which orders the barriers' initialisation before any wait).
   __device__ void prologue() const {
+    if (bulk && threadIdx.x == 0) {
+      for (int s = 0; s < kRingStages; ++s) mbarrier_init(bars + s, 1);
+      mbarrier_init_fence();
+    }
 #pragma unroll
     for (int k = 0; k < kRingStages - 1; ++k) issue(k);
   }
   // Waits for chunk k (every thread), refills the stage chunk k - 1 used, and returns chunk k's codes.
   __device__ const uint8_t* next(int k) const {
-    cp_async_wait<kRingStages - 2>();
+    if (bulk) mbarrier_wait_parity(bars + k % kRingStages, unsigned(k / kRingStages) & 1u);
+    else cp_async_wait<kRingStages - 2>();
     __syncthreads();  // chunk k landed for every thread; every thread is done with chunk k - 1's stage
+    if (bulk && threadIdx.x == 0) fence_proxy_async_smem();
     issue(k + kRingStages - 1);
     return ring + size_t(k % kRingStages) * kRingBytes;
+  }
+  __device__ void drain() const {
+    if (!bulk) cp_async_wait<0>();  // (bulk: every chunk issued was waited for)
   }
 };
 
@@ -374,7 +398,8 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
                                                    uint32_t* hist, uint8_t* ring_smem) {
   constexpr int LPT = D / 64, TPS = kThreads / LPT;
   using Ring = CodeRing<D>;
-  const Ring ring(p.bd.seq[b], kvh, t_begin, len, ring_smem);
+  __shared__ uint64_t bars[kRingStages];
+  const Ring ring(p.bd.seq[b], kvh, t_begin, len, p.ring_bulk != 0, ring_smem, bars);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, part = lane % LPT;
   float xq[D / 32];
   if (warp == 0) load_query<D>(p, b, kvh, xq);
@@ -403,7 +428,7 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
       }
     }
   }
-  cp_async_wait<0>();
+  ring.drain();
 }
 
 // The tensor-core distance pass (G = 2, 4) over the ring: distance_pass_mma's fragments (lane (g, t) takes code words
@@ -415,7 +440,8 @@ __device__ __forceinline__ void distance_pass_mma_ring(const Params& p, int b, i
   constexpr int W = D / 16, CW = D / 64, TPI = kWarps * 16;
   using Ring = CodeRing<D>;
   static_assert(Ring::CT % TPI == 0, "whole steps per chunk");
-  const Ring ring(p.bd.seq[b], kvh, t_begin, len, ring_smem);
+  __shared__ uint64_t bars[kRingStages];
+  const Ring ring(p.bd.seq[b], kvh, t_begin, len, p.ring_bulk != 0, ring_smem, bars);
   const int tmax = p.tmax, bins = p.bins;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   float xq[D / 32];
@@ -474,7 +500,7 @@ __device__ __forceinline__ void distance_pass_mma_ring(const Params& p, int b, i
       }
     }
   }
-  cp_async_wait<0>();
+  ring.drain();
 }
 
 // Folds partial (mc, lc, ac) into (m, l, a); empty partials (mc = -inf) add nothing.
@@ -777,6 +803,8 @@ void cluster_attention(const BatchInputs& in, const AttentionConfig& config, Wor
     vec = vec && (reinterpret_cast<uintptr_t>(s.codes) % 16 == 0) && s.c_tok % 16 == 0 && s.c_head % 16 == 0;
   }
   p.vec_codes = vec;
+  const char* ring_env = std::getenv("ADAMAS_CUDA_CLUSTER_RING");
+  p.ring_bulk = !(ring_env && std::strcmp(ring_env, "cp.async") == 0);
   p.idx = S.idx, p.cap = cap, p.counts = S.counts;
   p.out = out;
   p.stamps = stamp_buffer(0);
