@@ -440,17 +440,10 @@ std::vector<AttnCase> dense_cases() {
 // 8 blocks each: 5 of the cases here), MERGE=cluster requires it (2 and 4 blocks: they fit in every case here),
 // MERGE=global and ADAMAS_CUDA_DENSE=v8 (v8's parameter, fences and merge) never.
 
-// ADAMAS_TEST_DENSE_PATHS="default;NAME=VALUE,...;..." runs only the listed paths (for the slow sanitizer runs).
-std::vector<std::string> dense_paths() {
-  std::vector<std::string> v = {
-      "", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
-      "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40", "ADAMAS_CUDA_DENSE_STAGES=3",
-      "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_SPLIT=7", "ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_OCC=2",
-      "ADAMAS_CUDA_DENSE=v8", "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=2",
-      "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=4,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_PARAM=full",
-      "ADAMAS_CUDA_DENSE_MERGE=global,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_PARAM=full",
-      "ADAMAS_CUDA_DENSE_FENCE=all,ADAMAS_CUDA_DENSE_SPLIT=12"};
-  if (const char* only = std::getenv("ADAMAS_TEST_DENSE_PATHS")) {
+// The env variable `var`, when set ("default;NAME=VALUE,...;..."), replaces a test's list of paths (for the slow
+// sanitizer runs); "default" is the empty setting.
+std::vector<std::string> paths_from_env(const char* var, std::vector<std::string> v) {
+  if (const char* only = std::getenv(var)) {
     v.clear();
     const std::string list = only;
     for (size_t b = 0; b <= list.size();) {
@@ -461,6 +454,27 @@ std::vector<std::string> dense_paths() {
     }
   }
   return v;
+}
+
+// Whether the env variable `var` is unset or lists `name` among its ';'-separated entries.
+bool case_listed(const char* var, const std::string& name) {
+  const char* list = std::getenv(var);
+  if (list == nullptr) return true;
+  const std::string l = std::string(";") + list + ";";
+  return l.find(";" + name + ";") != std::string::npos;
+}
+
+// ADAMAS_TEST_DENSE_PATHS="default;NAME=VALUE,...;..." runs only the listed paths (for the slow sanitizer runs).
+std::vector<std::string> dense_paths() {
+  std::vector<std::string> v = {
+      "", "ADAMAS_CUDA_DENSE=v6", "ADAMAS_CUDA_DENSE_LAYOUT=chunks,ADAMAS_CUDA_DENSE_SPLIT=5",
+      "ADAMAS_CUDA_DENSE_SPLIT=3,ADAMAS_CUDA_DENSE_OCC=2", "ADAMAS_CUDA_DENSE_SPLIT=40", "ADAMAS_CUDA_DENSE_STAGES=3",
+      "ADAMAS_CUDA_DENSE_STAGES=4,ADAMAS_CUDA_DENSE_SPLIT=7", "ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_OCC=2",
+      "ADAMAS_CUDA_DENSE=v8", "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=2",
+      "ADAMAS_CUDA_DENSE_MERGE=cluster,ADAMAS_CUDA_DENSE_SPLIT=4,ADAMAS_CUDA_DENSE_OCC=2,ADAMAS_CUDA_DENSE_PARAM=full",
+      "ADAMAS_CUDA_DENSE_MERGE=global,ADAMAS_CUDA_DENSE_STAGES=3,ADAMAS_CUDA_DENSE_PARAM=full",
+      "ADAMAS_CUDA_DENSE_FENCE=all,ADAMAS_CUDA_DENSE_SPLIT=12"};
+  return paths_from_env("ADAMAS_TEST_DENSE_PATHS", std::move(v));
 }
 
 TEST(CudaAttend, DenseMatchesCpu) {
@@ -701,10 +715,15 @@ TEST(CudaDecode, ClusterPathMatchesCpu) {
   };
   cuda::Workspace ws;
   // The last entry: the ring fed by per-thread cp.async (the others take bulk copies: contiguous codes).
-  for (const std::string size : {"", "ADAMAS_CUDA_CLUSTER_SIZE=2", "ADAMAS_CUDA_CLUSTER_SIZE=3", "ADAMAS_CUDA_CLUSTER_SIZE=7",
-                                 "ADAMAS_CUDA_CLUSTER_RING=cp.async"}) {
+  // ADAMAS_TEST_CLUSTER_PATHS="default;..." runs only the listed ones, ADAMAS_TEST_CLUSTER_CASES="name;name" only
+  // the listed cases (racecheck: ~10x slower than memcheck here).
+  const auto paths = paths_from_env("ADAMAS_TEST_CLUSTER_PATHS",
+                                    {"", "ADAMAS_CUDA_CLUSTER_SIZE=2", "ADAMAS_CUDA_CLUSTER_SIZE=3",
+                                     "ADAMAS_CUDA_CLUSTER_SIZE=7", "ADAMAS_CUDA_CLUSTER_RING=cp.async"});
+  for (const std::string& size : paths) {
     const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=cluster" + (size.empty() ? "" : "," + size));
     for (const auto& sc : cases) {
+      if (!case_listed("ADAMAS_TEST_CLUSTER_CASES", sc.name)) continue;
       SCOPED_TRACE(std::string(sc.name) + " " + size);
       AttentionConfig cfg;
       cfg.method = Method::adamas, cfg.budget = sc.budget, cfg.sink = sc.sink, cfg.window = sc.window;
@@ -713,7 +732,8 @@ TEST(CudaDecode, ClusterPathMatchesCpu) {
       Batch bt(sc.c, rng, cfg.thresholds);
       // A forced size may leave clusters unresident when there are many (the H100 holds 16-18 blocks per GPC); up to
       // 64 blocks in all, and with the automatic size, the path must be taken.
-      const int forced = size.empty() ? 0 : std::atoi(size.c_str() + size.find('=') + 1);
+      const size_t at = size.find("CLUSTER_SIZE=");
+      const int forced = at == std::string::npos ? 0 : std::atoi(size.c_str() + at + 13);
       const int64_t blocks = int64_t(sc.c.lens.size()) * sc.c.kv_heads * forced;
       if (forced > 0 && blocks > 64 && !cuda::detail::cluster_selected(bt.inputs(), cfg, true)) {
         std::printf("[ note ] %s with clusters of %d: not all resident, case skipped\n", sc.name, forced);
