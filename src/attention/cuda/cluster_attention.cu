@@ -761,7 +761,9 @@ bool cluster_selected(const BatchInputs& in, const AttentionConfig& config, bool
   const Shape shape = choose_shape(in, config, chunks[0], attend, sms);
   if (shape.C == 0) return false;
   // Default: not for per-head GQA rows of more than 4096 tokens per block (run 3: GQA 128K b256 per head 53.8 us
-  // against the grid path's 47.7; 32K, 2048 tokens per block: 29.2 against 33.0).
+  // against the grid path's 47.7; 32K, 2048 tokens per block: 29.2 against 33.0). Since the code ring (128 KB of
+  // shared memory) that case no longer fits at GQA 128K batch 1: ~146 KB + 8 bytes per token of a block needs 14 or
+  // more blocks per cluster, and 8 clusters all resident allow at most 9 on an H100.
   const int G = int(in.n_heads / in.seqs[0].k.heads);
   const bool forced = e != nullptr && *e;
   return forced || config.group == GroupSelection::shared_sum || G == 1 || shape.tmax <= 4096;
