@@ -49,6 +49,7 @@ struct ClusterParams {
   int tmax;  // tokens per block at most: a multiple of 8, <= kMaxTokensPerBlock
   int lcap;  // list entries per row (selected tokens of one block)
   int vec_codes;
+  int skip;       // profiling builds: see distance_pass_ring
   int ring_bulk;  // the ring may use bulk copies (ADAMAS_CUDA_CLUSTER_RING=cp.async: never, for A/B)
   int32_t* idx;  // [batch][units][cap]
   int64_t cap;
@@ -418,6 +419,20 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
       const int j = j0 + tid / LPT;
       const bool valid = j < cnt;
       const uint4 v = valid ? *reinterpret_cast<const uint4*>(cs + j * Ring::CB + part * 16) : make_uint4(0, 0, 0, 0);
+#ifdef ADAMAS_CUDA_STAMPS
+      // Profiling builds only (wrong selections): ADAMAS_CUDA_CLUSTER_SKIP=1 replaces the L1 by one popcount (the
+      // stream, stores and atomics stay), 2 also drops the stores and atomics: what bounds the pass.
+      if (p.skip != 0) {
+        const int d = __popc(v.x ^ v.w) & 127;
+        if (p.skip == 1 && part == 0 && valid) {
+          dist[t0 + j] = uint16_t(d);
+          atomicAdd(&hist[d], 1u);
+        } else if (d == 1000) {
+          dist[0] = 0;
+        }
+        continue;
+      }
+#endif
       int d = lane_l1(qc, lane_codes(v.x, v.y, v.z, v.w));
 #pragma unroll
       for (int o = 1; o < LPT; o *= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
@@ -807,6 +822,10 @@ void cluster_attention(const BatchInputs& in, const AttentionConfig& config, Wor
   p.vec_codes = vec;
   const char* ring_env = std::getenv("ADAMAS_CUDA_CLUSTER_RING");
   p.ring_bulk = !(ring_env && std::strcmp(ring_env, "cp.async") == 0);
+#ifdef ADAMAS_CUDA_STAMPS
+  const char* skip_env = std::getenv("ADAMAS_CUDA_CLUSTER_SKIP");
+  p.skip = skip_env ? std::atoi(skip_env) : 0;
+#endif
   p.idx = S.idx, p.cap = cap, p.counts = S.counts;
   p.out = out;
   p.stamps = stamp_buffer(0);
