@@ -32,7 +32,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxCluster = 16;
 constexpr int kMaxTokensPerBlock = 32760;  // kept and tie counts of a block are packed in 16 bits
 constexpr int kRowsInFlight = 4;           // attention: selected K/V rows per warp in flight
-constexpr int kRingStages = 4;             // integer distance pass: chunks of codes in the shared-memory ring
+constexpr int kRingStages = 4;             // distance passes: chunks of codes in the shared-memory ring
 constexpr int kRingBytes = 32768;          // bytes per chunk (1024 tokens at d = 128)
 
 struct ClusterParams {
@@ -336,8 +336,9 @@ __device__ __forceinline__ void attend_block(const ClusterParams& p, int b, int 
 // leaves SMs idle (30 clusters of 4 fit an H100, not 32: MHA batch 1 runs 32 clusters of 3 on 96 SMs): their
 // stream ran at ~2 TB/s (run 5). Where a head's codes are contiguous (token stride = code bytes, the engine's and
 // the bench's layout) one thread issues each chunk as one TMA bulk copy completing on the stage's mbarrier; else every
-// thread copies its 16-byte pieces with cp.async (run 7: 690 tokens/us per SM, ~22 GB/s, either distance pass: the
-// per-thread copies' rate). Needs 16-byte aligned codes.
+// thread copies its 16-byte pieces with cp.async. (Run 9: the two equal at MHA, bulk 2.5 us faster at GQA-shared
+// 128K; run 13: the ring alone streams ~2.9 TB/s on 96 SMs, the L1 arithmetic is what bounds the pass.) Needs
+// 16-byte aligned codes.
 template <int D>
 struct CodeRing {
   static constexpr int CB = D / 4, PPT = CB / 16, CT = kRingBytes / CB;  // code bytes, pieces per token, tokens per chunk
