@@ -468,13 +468,8 @@ __device__ __forceinline__ void distance_pass_mma_ring(const Params& p, int b, i
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
   const MmaWords<CW> bq = mma_query<D, G>(qw_s);
-  const int r0 = 2 * (t & 1);
-  int qs0 = 0, qs1 = 0;
-  if constexpr (SHARED) {
-    for (int q = 0; q < G; ++q) qs0 += code_sum(qw_s + q * W, W);
-  } else {
-    if (r0 < G) qs0 = code_sum(qw_s + r0 * W, W), qs1 = code_sum(qw_s + (r0 + 1) * W, W);
-  }
+  int qs0, qs1;
+  mma_query_sums<D, G, SHARED>(qw_s, qs0, qs1);
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
   auto key_words = [&](const uint8_t* cs, int j, uint32_t (&w)[CW]) {  // zeros past the chunk (its stale bytes)
@@ -498,22 +493,7 @@ __device__ __forceinline__ void distance_pass_mma_ring(const Params& p, int b, i
       mma_dots<CW>(mma_words<CW>(lo), mma_words<CW>(hi), bq, c);
       const MmaOut o = mma_outputs<G, SHARED>(c, qs0, qs1);
       const int j = base + o.key, local = t0 + j;
-      if (j < cnt) {
-        const bool mid = local >= mid_lo && local < mid_hi;
-        if constexpr (SHARED) {
-          if ((t & 1) == 0) {
-            dist[local] = uint16_t(o.d0);
-            if (mid) atomicAdd(&hist[o.d0], 1u);
-          }
-        } else if (r0 < G) {
-          dist[r0 * tmax + local] = uint16_t(o.d0);
-          dist[(r0 + 1) * tmax + local] = uint16_t(o.d1);
-          if (mid) {
-            atomicAdd(&hist[r0 * bins + o.d0], 1u);
-            atomicAdd(&hist[(r0 + 1) * bins + o.d1], 1u);
-          }
-        }
-      }
+      if (j < cnt) record_mma_output<G, SHARED>(o, local, local >= mid_lo && local < mid_hi, dist, hist, tmax, bins);
     }
   }
   ring.drain();

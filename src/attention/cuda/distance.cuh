@@ -338,6 +338,41 @@ __device__ __forceinline__ MmaOut mma_outputs(const int (&c)[4], int qs0, int qs
   return o;
 }
 
+// |q| (code sums) of this lane's query rows for mma_outputs: rows r0 = 2 (t % 2) and r0 + 1 (0 where >= G), or (SHARED)
+// the group's sum in qs0.
+template <int D, int G, bool SHARED>
+__device__ __forceinline__ void mma_query_sums(const uint32_t* qw_s, int& qs0, int& qs1) {
+  constexpr int W = D / 16;
+  const int r0 = 2 * (threadIdx.x & 1);
+  qs0 = 0, qs1 = 0;
+  if constexpr (SHARED) {
+    for (int q = 0; q < G; ++q) qs0 += code_sum(qw_s + q * W, W);
+  } else {
+    if (r0 < G) qs0 = code_sum(qw_s + r0 * W, W), qs1 = code_sum(qw_s + (r0 + 1) * W, W);
+  }
+}
+
+// A key's distances from mma_outputs into dist[R][tmax] at `local` and, for a middle token, into the rows' histograms
+// (hist[R][bins]); the lanes that hold no valid output write nothing.
+template <int G, bool SHARED>
+__device__ __forceinline__ void record_mma_output(const MmaOut& o, int local, bool mid, uint16_t* dist, uint32_t* hist,
+                                                  int tmax, int bins) {
+  const int t = threadIdx.x & 3, r0 = 2 * (t & 1);
+  if constexpr (SHARED) {
+    if ((t & 1) == 0) {
+      dist[local] = uint16_t(o.d0);
+      if (mid) atomicAdd(&hist[o.d0], 1u);
+    }
+  } else if (r0 < G) {
+    dist[r0 * tmax + local] = uint16_t(o.d0);
+    dist[(r0 + 1) * tmax + local] = uint16_t(o.d1);
+    if (mid) {
+      atomicAdd(&hist[r0 * bins + o.d0], 1u);
+      atomicAdd(&hist[(r0 + 1) * bins + o.d1], 1u);
+    }
+  }
+}
+
 // v8 distance pass, G = 2 or 4: the same contract as distance_pass_int. Warp w takes 16 consecutive keys per step
 // (the block 128); lane (g, t) loads code words [t CW, t CW + CW) of keys g and g + 8 (each load instruction of the
 // warp covers 256 contiguous bytes at d = 128); U steps of loads in flight per thread (32 registers, as v4-v7).
@@ -394,13 +429,8 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
   const MmaWords<CW> bq = mma_query<D, G>(qw_s);
-  const int r0 = 2 * (t & 1);
-  int qs0 = 0, qs1 = 0;
-  if constexpr (SHARED) {
-    for (int q = 0; q < G; ++q) qs0 += code_sum(qw_s + q * W, W);
-  } else {
-    if (r0 < G) qs0 = code_sum(qw_s + r0 * W, W), qs1 = code_sum(qw_s + (r0 + 1) * W, W);
-  }
+  int qs0, qs1;
+  mma_query_sums<D, G, SHARED>(qw_s, qs0, qs1);
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
   const int iters = (len + U * TPI - 1) / (U * TPI);
@@ -411,22 +441,7 @@ __device__ __forceinline__ void distance_pass_mma(const Params& p, int b, int kv
       mma_dots<CW>(mma_words<CW>(bb.lo[u]), mma_words<CW>(bb.hi[u]), bq, c);
       const MmaOut o = mma_outputs<G, SHARED>(c, qs0, qs1);
       const int local = (it * U + u) * TPI + warp * 16 + o.key;
-      if (local < len) {
-        const bool mid = local >= mid_lo && local < mid_hi;
-        if constexpr (SHARED) {
-          if ((t & 1) == 0) {
-            dist[local] = uint16_t(o.d0);
-            if (mid) atomicAdd(&hist[o.d0], 1u);
-          }
-        } else if (r0 < G) {
-          dist[r0 * tmax + local] = uint16_t(o.d0);
-          dist[(r0 + 1) * tmax + local] = uint16_t(o.d1);
-          if (mid) {
-            atomicAdd(&hist[r0 * bins + o.d0], 1u);
-            atomicAdd(&hist[(r0 + 1) * bins + o.d1], 1u);
-          }
-        }
-      }
+      if (local < len) record_mma_output<G, SHARED>(o, local, local >= mid_lo && local < mid_hi, dist, hist, tmax, bins);
     }
   };
   stream_batches(iters, buf, load, compute);
