@@ -410,23 +410,27 @@ int main(int argc, char** argv) {
                 std::printf("probe %s batch %lld context %lld budget %lld: select %.2f us, attend %.2f us (event timer)\n",
                             s.name, (long long)B, (long long)n, (long long)budget, sel, att);
                 if (stamps) {
-                  // One flushed launch of each, bracketed by 1-thread globaltimer kernels.
-                  for (int which = 0; which < 2; ++which) {
+                  // One flushed launch of each, bracketed by 1-thread globaltimer kernels. `decode`: the whole
+                  // decode_attention call; its stamps are those of the v9 cluster kernel (select + attend in one
+                  // launch; slots 6 and 7: the block's partials, the cluster's merge) where that path is taken.
+                  for (int which = 0; which < 3; ++which) {
                     for (int rep = 0; rep < 3; ++rep) {
-                      ck(cudaMemset(which == 0 ? sel_st : att_st, 0, st_blocks * 64), "stamps clear");
-                      cuda::set_phase_stamps(which == 0 ? sel_st : nullptr, which == 1 ? att_st : nullptr);
+                      ck(cudaMemset(which != 1 ? sel_st : att_st, 0, st_blocks * 64), "stamps clear");
+                      cuda::set_phase_stamps(which != 1 ? sel_st : nullptr, which == 1 ? att_st : nullptr);
                       timer.flush_l2(rep);
                       bench_stamp(marks);
                       if (which == 0) cuda::select(in, cfg, ws, nullptr);
-                      else cuda::attend_selected(in, cfg, ws, scale, out, nullptr);
+                      else if (which == 1) cuda::attend_selected(in, cfg, ws, scale, out, nullptr);
+                      else cuda::decode_attention(in, cfg, ws, out, nullptr);
                       bench_stamp(marks + 1);
                       ck(cudaDeviceSynchronize(), "probe");
                       cuda::set_phase_stamps(nullptr, nullptr);
                     }
                     std::vector<unsigned long long> st(st_blocks * 8), mk(2);
-                    ck(cudaMemcpy(st.data(), which == 0 ? sel_st : att_st, st_blocks * 64, cudaMemcpyDeviceToHost), "st");
+                    ck(cudaMemcpy(st.data(), which != 1 ? sel_st : att_st, st_blocks * 64, cudaMemcpyDeviceToHost), "st");
                     ck(cudaMemcpy(mk.data(), marks, 16, cudaMemcpyDeviceToHost), "marks");
-                    print_stamps(which == 0 ? "select" : "attend", st, mk[0], mk[1], which == 0 ? 8 : 7);
+                    print_stamps(which == 0 ? "select" : which == 1 ? "attend" : "decode", st, mk[0], mk[1],
+                                 which == 1 ? 7 : 8);
                   }
                 }
               }

@@ -714,12 +714,14 @@ TEST(CudaDecode, ClusterPathMatchesCpu) {
       {"budget_one", {128, 2, 2, DType::f16, {5000}, 1.0, 0}, 1, 0, 0, per_head},
   };
   cuda::Workspace ws;
-  // The last entry: the ring fed by per-thread cp.async (the others take bulk copies: contiguous codes).
+  // RING=cp.async: the ring fed by per-thread cp.async (the others take bulk copies: contiguous codes); LPT=2: two
+  // lanes per token in the MHA pass at d = 128 (v9's layout; one lane by default).
   // ADAMAS_TEST_CLUSTER_PATHS="default;..." runs only the listed ones, ADAMAS_TEST_CLUSTER_CASES="name;name" only
   // the listed cases (racecheck: ~10x slower than memcheck here).
   const auto paths = paths_from_env("ADAMAS_TEST_CLUSTER_PATHS",
                                     {"", "ADAMAS_CUDA_CLUSTER_SIZE=2", "ADAMAS_CUDA_CLUSTER_SIZE=3",
-                                     "ADAMAS_CUDA_CLUSTER_SIZE=7", "ADAMAS_CUDA_CLUSTER_RING=cp.async"});
+                                     "ADAMAS_CUDA_CLUSTER_SIZE=7", "ADAMAS_CUDA_CLUSTER_RING=cp.async",
+                                     "ADAMAS_CUDA_CLUSTER_LPT=2"});
   for (const std::string& size : paths) {
     const cuda::ScopedEnvSettings env("ADAMAS_CUDA_SELECT=cluster" + (size.empty() ? "" : "," + size));
     for (const auto& sc : cases) {

@@ -50,6 +50,7 @@ struct ClusterParams {
   int lcap;  // list entries per row (selected tokens of one block)
   int vec_codes;
   int skip;       // profiling builds: see distance_pass_ring
+  int lanes2;     // G = 1, D = 128: two lanes per token, v9's layout (ADAMAS_CUDA_CLUSTER_LPT=2, for A/B)
   int ring_bulk;  // the ring may use bulk copies (ADAMAS_CUDA_CLUSTER_RING=cp.async: never, for A/B)
   int32_t* idx;  // [batch][units][cap]
   int64_t cap;
@@ -393,16 +394,22 @@ struct CodeRing {
   }
 };
 
-// The integer distance pass (G = 1) over the ring: the same contract as distance_pass_int.
-template <int D, class Params>
+// The integer distance pass (G = 1) over the ring: the same contract as distance_pass_int. LPT lanes per token, each
+// taking NP of the token's 16-byte pieces: one lane per token (v10; at D = 128 two pieces and no shuffle; v9's two
+// lanes of one piece, ADAMAS_CUDA_CLUSTER_LPT=2, is 1.2-1.9 us slower at MHA 32K). With two pieces per lane, lanes
+// 4-7 of each 8 read theirs in the other order: the 32-byte stride would otherwise put lanes i and i + 4 on the same
+// banks.
+template <int D, int LPT, class Params>
 __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int kvh, int64_t t_begin, int len,
                                                    int64_t s0, int64_t tail, uint32_t* qw_s, uint16_t* dist,
                                                    uint32_t* hist, uint8_t* ring_smem) {
-  constexpr int LPT = D / 64, TPS = kThreads / LPT;
+  constexpr int NP = D / 64 / LPT, TPS = kThreads / LPT;
+  static_assert(NP == 1 || NP == 2, "one or two 16-byte pieces per lane");
   using Ring = CodeRing<D>;
   __shared__ uint64_t bars[kRingStages];
   const Ring ring(p.bd.seq[b], kvh, t_begin, len, p.ring_bulk != 0, ring_smem, bars);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, part = lane % LPT;
+  const int sw = NP == 2 ? (lane >> 2) & 1 : 0;  // slot i holds piece part * NP + (i ^ sw)
   float xq[D / 32];
   if (warp == 0) load_query<D>(p, b, kvh, xq);
   ring.prologue();
@@ -410,7 +417,9 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
   if (warp == 0) finish_query<D>(p, kvh, xq, qw_s);
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
-  const LaneCodes qc = lane_codes(qw_s[part * 4], qw_s[part * 4 + 1], qw_s[part * 4 + 2], qw_s[part * 4 + 3]);
+  XorQuery<4> qx[NP];
+#pragma unroll
+  for (int i = 0; i < NP; ++i) qx[i] = xor_query<4>(qw_s + (part * NP + (i ^ sw)) * 4);
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
   for (int k = 0; k < ring.chunks; ++k) {
@@ -419,12 +428,16 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
     for (int j0 = 0; j0 < cnt; j0 += TPS) {  // the same trip count in every lane (shuffles)
       const int j = j0 + tid / LPT;
       const bool valid = j < cnt;
-      const uint4 v = valid ? *reinterpret_cast<const uint4*>(cs + j * Ring::CB + part * 16) : make_uint4(0, 0, 0, 0);
+      uint4 v[NP];
+#pragma unroll
+      for (int i = 0; i < NP; ++i)
+        v[i] = valid ? *reinterpret_cast<const uint4*>(cs + j * Ring::CB + (part * NP + (i ^ sw)) * 16)
+                     : make_uint4(0, 0, 0, 0);
 #ifdef ADAMAS_CUDA_STAMPS
       // Profiling builds only (wrong selections): ADAMAS_CUDA_CLUSTER_SKIP=1 replaces the L1 by one popcount (the
       // stream, stores and atomics stay), 2 also drops the stores and atomics: what bounds the pass.
       if (p.skip != 0) {
-        const int d = __popc(v.x ^ v.w) & 127;
+        const int d = __popc(v[0].x ^ v[NP - 1].w) & 127;
         if (p.skip == 1 && part == 0 && valid) {
           dist[t0 + j] = uint16_t(d);
           atomicAdd(&hist[d], 1u);
@@ -434,7 +447,12 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
         continue;
       }
 #endif
-      int d = lane_l1(qc, lane_codes(v.x, v.y, v.z, v.w));
+      int d = 0;
+#pragma unroll
+      for (int i = 0; i < NP; ++i) {
+        const uint32_t kw[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+        d += xor_l1<4>(qx[i], kw);
+      }
 #pragma unroll
       for (int o = 1; o < LPT; o *= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
       const int local = t0 + j;
@@ -536,7 +554,10 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
     distance_pass_mma_ring<D, G, SHARED>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
   } else {
     static_assert(G == 1, "the integer ring pass makes one query head's codes");
-    distance_pass_ring<D>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
+    bool two_lanes = false;  // v9's layout at D = 128 (A/B)
+    if constexpr (D == 128) two_lanes = p.lanes2 != 0;
+    if (two_lanes) distance_pass_ring<D, D / 64>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
+    else distance_pass_ring<D, 1>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
   }
   __syncthreads();
   histograms_to_cumulative<R>(cum, p.bins, warp_sums);
@@ -803,6 +824,8 @@ void cluster_attention(const BatchInputs& in, const AttentionConfig& config, Wor
   p.vec_codes = vec;
   const char* ring_env = std::getenv("ADAMAS_CUDA_CLUSTER_RING");
   p.ring_bulk = !(ring_env && std::strcmp(ring_env, "cp.async") == 0);
+  const char* lpt_env = std::getenv("ADAMAS_CUDA_CLUSTER_LPT");
+  p.lanes2 = lpt_env && std::strcmp(lpt_env, "2") == 0;
 #ifdef ADAMAS_CUDA_STAMPS
   const char* skip_env = std::getenv("ADAMAS_CUDA_CLUSTER_SKIP");
   p.skip = skip_env ? std::atoi(skip_env) : 0;

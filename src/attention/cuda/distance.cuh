@@ -1,12 +1,14 @@
 // The distance pass of the selection (internal; select.cu's kernels, and any kernel that selects in-block): exact L1
 // between the packed 2-bit codes of a block's keys and the codes of its query head(s), into shared memory, with a
 // shared histogram of the free middle. Two implementations of the same function:
-//  - integer units (v4-v7): thermometer words, XOR, carry-save adders, POPC; used for MHA (G = 1) and G = 8;
+//  - integer units: per head the XOR form of xor_l1.h (v10; v4-v9 packed thermometer words), the group sum over
+//    thermometer bit planes (v6); used for MHA (G = 1) and G = 8;
 //  - v8, 1-bit tensor cores (G = 2 and 4): the thermometer AND-popcount on mma.sync .b1 (below).
 // Both give the same u16 distances (exact integers), so the selection does not depend on the path.
 #pragma once
 
 #include "attention/cuda/common.cuh"
+#include "attention/cuda/xor_l1.h"
 
 namespace adamas::cuda::detail {
 
@@ -185,14 +187,21 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
   if (warp < G) finish_query<D>(p, kvh * G + warp, xq, qw_s + warp * W);
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 1);
-  LaneCodes qc[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const uint32_t* w = qw_s + g * W + part * 4;
-    qc[g] = lane_codes(w[0], w[1], w[2], w[3]);
-  }
+  // Per head (v10): the XOR-form L1 (xor_l1.h), prepared on the query's side; shared: the group's bit planes.
+  [[maybe_unused]] XorQuery<4> qx[SHARED ? 1 : G];
   [[maybe_unused]] GroupPlanes<SHARED ? G : 2> gp;
-  if constexpr (SHARED) gp = group_planes<G>(qc);
+  if constexpr (SHARED) {
+    LaneCodes qc[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const uint32_t* w = qw_s + g * W + part * 4;
+      qc[g] = lane_codes(w[0], w[1], w[2], w[3]);
+    }
+    gp = group_planes<G>(qc);
+  } else {
+#pragma unroll
+    for (int g = 0; g < G; ++g) qx[g] = xor_query<4>(qw_s + g * W + part * 4);
+  }
   // middle tokens of this block: local indices [mid_lo, mid_hi)
   const int mid_lo = int(max(int64_t(0), min(int64_t(len), s0 - t_begin)));
   const int mid_hi = int(max(int64_t(0), min(int64_t(len), tail - t_begin)));
@@ -200,13 +209,16 @@ __device__ __forceinline__ void distance_pass_int(const Params& p, int b, int kv
   auto compute = [&](int it, const uint4 (&bb)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const LaneCodes kc = lane_codes(bb[u].x, bb[u].y, bb[u].z, bb[u].w);
       constexpr int ND = SHARED ? 1 : G;  // shared: the group's sum in d[0]
       int d[ND];
 #pragma unroll
       for (int g = 0; g < ND; ++g) {
-        if constexpr (SHARED) d[g] = lane_group_l1<G>(gp, kc);
-        else d[g] = lane_l1(qc[g], kc);
+        if constexpr (SHARED) {
+          d[g] = lane_group_l1<G>(gp, lane_codes(bb[u].x, bb[u].y, bb[u].z, bb[u].w));
+        } else {
+          const uint32_t kw[4] = {bb[u].x, bb[u].y, bb[u].z, bb[u].w};
+          d[g] = xor_l1<4>(qx[g], kw);
+        }
 #pragma unroll
         for (int o = 1; o < LPT; o *= 2) d[g] += __shfl_xor_sync(0xffffffffu, d[g], o);
       }
