@@ -6,7 +6,7 @@
 //
 // bench_attention_cuda [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write] [--allocs R]
 //   [--ctx N,N..] [--budgets N,N..] [--batches N,N..] [--shapes mha|gqa|all[,..]] [--no-dense] [--dense-only]
-//   [--touch] [--probe]
+//   [--touch] [--probe] [--warm-code]
 // --allocs R (default 3): every (shape, batch, context) is measured in R rounds, each on K/V allocated afresh behind
 // a spacer of (round x 98 MB), so each round's buffers sit on other physical pages; every number printed is the
 // median of the rounds' medians, the lowest-highest round beside it with --dense-only (SDPA: the same rounds in
@@ -27,6 +27,8 @@
 // rows); --stream-variants "A=1;B=2": one more row per variant of its knobs (e.g. ADAMAS_CUDA_STREAM_COMPACT=warp).
 // --adamas-variants "A=1;B=2": one more row per variant of decode_attention's path (e.g. ADAMAS_CUDA_SELECT=grid: the
 // pre-v9 automatic choice of select and attend launches), timed in the same run, per-head and shared rows.
+// --warm-code: one more Adamas row, the default call timed with its kernels' instructions warm (the same call on a
+// separate 4096-token input between the L2 flush and the timed call): what fetching cold code from DRAM costs.
 // --probe: launch-floor probes (empty kernels with the backend's parameter size, clusters, cluster barriers) and,
 // in builds with ADAMAS_CUDA_STAMPS, per-phase %globaltimer breakdowns of one select and one attend launch (with
 // --dense-only: of one dense launch of the default and of each --dense-variants entry, first round only).
@@ -128,7 +130,7 @@ int main(int argc, char** argv) {
       b = e + 1;
     }
   };
-  bool no_dense = false, probe = false, dense_only = false, touch = false;
+  bool no_dense = false, probe = false, dense_only = false, touch = false, warm_code = false;
   int allocs = 3;
   double settle = 2.0;
   for (int i = 1; i < argc; ++i) {
@@ -151,6 +153,7 @@ int main(int argc, char** argv) {
     else if (a == "--stream-variants" && i + 1 < argc) split_variants(argv[++i], stream_variants);
     else if (a == "--adamas-variants" && i + 1 < argc) split_variants(argv[++i], adamas_variants);
     else if (a == "--probe") probe = true;
+    else if (a == "--warm-code") warm_code = true;
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--sdpa PATH|none] [--json FILE] [--iters N] [--flush read|write]\n", argv[0]);
       return 2;
@@ -338,9 +341,27 @@ int main(int argc, char** argv) {
           if (!dense_only)
             cuda::encode_keys(seqs.back().k, 0, n, thr, 1, MutCodesView::contiguous(codes + off / 4, KVH, n, D), nullptr);
         }
+        // --warm-code: the same call on a separate 4096-token input of this shape between the flush and the timed
+        // call, so that the kernels' instructions (and only they) are in L2 and the SMs' instruction caches.
+        const int64_t nw = 4096;
+        void *kw = nullptr, *vw = nullptr;
+        uint8_t* cw = nullptr;
+        std::vector<cuda::SequenceCache> wseqs;
+        if (warm_code && !dense_only) {
+          const size_t we = size_t(B * KVH * nw * D);
+          ck(cudaMalloc(&kw, we * 2), "K warm"), ck(cudaMalloc(&vw, we * 2), "V warm"), ck(cudaMalloc(&cw, we / 4), "codes warm");
+          bench_fill_half(kw, we, 4321u, 2.4f), bench_fill_half(vw, we, 4322u, 1.0f);
+          for (int64_t b = 0; b < B; ++b) {
+            const size_t off = size_t(b * KVH * nw * D);
+            wseqs.push_back({HeadsView::contiguous(static_cast<uint16_t*>(kw) + off, DType::f16, KVH, nw, D),
+                             HeadsView::contiguous(static_cast<uint16_t*>(vw) + off, DType::f16, KVH, nw, D),
+                             CodesView::contiguous(cw + off / 4, KVH, nw, D)});
+            cuda::encode_keys(wseqs.back().k, 0, nw, thr, 1, MutCodesView::contiguous(cw + off / 4, KVH, nw, D), nullptr);
+          }
+        }
         ck(cudaDeviceSynchronize(), "setup");
-        cuda::Workspace ws;
-        const cuda::BatchInputs in{q, H, seqs, nullptr};
+        cuda::Workspace ws, ws_warm;
+        const cuda::BatchInputs in{q, H, seqs, nullptr}, in_warm{q, H, wseqs, nullptr};
         auto dense_call = [&] { cuda::attend_dense(in, scale, ws, out, nullptr); };
         res["dense"].push_back(no_dense ? NAN : timer.median_us(dense_call, iters));
         if (dense_only) {
@@ -394,6 +415,10 @@ int main(int argc, char** argv) {
               const double att = timer.median_us([&] { cuda::attend_selected(in, cfg, ws, scale, out, nullptr); }, iters);
               const double tot = timer.median_us([&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters);
               res["sel " + key].push_back(sel), res["att " + key].push_back(att), res["tot " + key].push_back(tot);
+              if (warm_code)  // the default call with its code warm (above)
+                res["avar warm-code " + key].push_back(timer.median_us(
+                    [&] { cuda::decode_attention(in, cfg, ws, out, nullptr); }, iters,
+                    [&] { cuda::decode_attention(in_warm, cfg, ws_warm, out, nullptr); }));
               for (const std::string& var : adamas_variants) {  // other paths of the same call
                 const cuda::ScopedEnvSettings env(var);
                 res["avar " + var + " " + key].push_back(
@@ -437,6 +462,7 @@ int main(int argc, char** argv) {
             }
         }
         cudaFree(k), cudaFree(v), cudaFree(codes), cudaFree(q), cudaFree(out), cudaFree(thr);
+        if (kw) cudaFree(kw), cudaFree(vw), cudaFree(cw);
         if (spacer) cudaFree(spacer);
       }
 
@@ -502,7 +528,11 @@ int main(int argc, char** argv) {
                         name.c_str(), (long long)B, (long long)n, (long long)budget, dense, gbs, 100.0 * gbs / copy_gbs,
                         sd, sel, att, tot, sd / tot, dense / tot, str, sd / str);
           emit();
-          for (const std::string& var : adamas_variants) {
+          for (const std::string& var : [&] {
+                 auto v = adamas_variants;
+                 if (warm_code) v.insert(v.begin(), "warm-code");
+                 return v;
+               }()) {
             const double us = median(res["avar " + var + " " + key]);
             std::snprintf(line, sizeof line, "%-16s %5lld %7lld %6lld | adamas %8.1f us, x_sdpa %5.2f | variant %s",
                           name.c_str(), (long long)B, (long long)n, (long long)budget, us, sd / us, var.c_str());

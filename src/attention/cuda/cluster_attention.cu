@@ -436,7 +436,7 @@ __device__ __forceinline__ void distance_pass_ring(const Params& p, int b, int k
 #ifdef ADAMAS_CUDA_STAMPS
       // Profiling builds only (wrong selections): ADAMAS_CUDA_CLUSTER_SKIP=1 replaces the L1 by one popcount (the
       // stream, stores and atomics stay), 2 also drops the stores and atomics: what bounds the pass.
-      if (p.skip != 0) {
+      if (p.skip == 1 || p.skip == 2) {
         const int d = __popc(v[0].x ^ v[NP - 1].w) & 127;
         if (p.skip == 1 && part == 0 && valid) {
           dist[t0 + j] = uint16_t(d);
@@ -586,6 +586,37 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   if (rank == 0 && tid < R) p.counts[row0 + tid] = int32_t(min(n, int64_t(p.budget)));
   ADAMAS_STAMP(p.stamps, 5);
   if constexpr (!ATTEND) {
+#ifdef ADAMAS_CUDA_STAMPS
+    // Profiling builds, selection only: parts of the compaction once more, stamp 6 after them: SKIP=3 the whole
+    // compaction (same outputs), 4 its counting pass alone, 5 one block scan alone.
+    if (p.skip >= 3 && p.skip <= 5) {
+      __syncthreads();
+      ADAMAS_STAMP(p.stamps, 5);
+      if (p.skip == 3) {
+#pragma unroll 1
+        for (int r = 0; r < R; ++r)
+          compact_block_row(dist + r * p.tmax, len, mid_lo, mid_hi, rcs[r], t_begin, p.idx + (row0 + r) * p.cap,
+                            nullptr, p.lcap, warp_sums);
+      } else if (p.skip == 4) {
+        const int groups = (len + 7) / 8, gpt = (groups + kThreads - 1) / kThreads;
+        const int g0 = min(groups, tid * gpt), g1 = min(groups, g0 + gpt);
+        uint32_t cnt = 0;
+        for (int g = g0; g < g1; ++g) {
+          const uint4 v = *reinterpret_cast<const uint4*>(dist + g * 8);
+          const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+          uint32_t km, tm;
+          token_kinds<int>(w, g * 8, len, mid_lo, mid_hi, rcs[0].cut, km, tm);
+          cnt += uint32_t(__popc(km)) | (uint32_t(__popc(tm)) << 16);
+        }
+        if (cnt == 0xdeadbeefu) p.counts[0] = 0;
+      } else {
+        uint32_t total;
+        const uint32_t ex = block_exclusive_scan<kThreads>(uint32_t(tid), warp_sums, total);
+        if (ex == 0xdeadbeefu) p.counts[0] = int32_t(total);
+      }
+      ADAMAS_STAMP(p.stamps, 6);
+    }
+#endif
     cluster.barrier_wait();
     ADAMAS_STAMP(p.stamps, 7);
     return;
