@@ -38,6 +38,7 @@ void print_info() {
   fmt::print("  group selection {}\n", group_selection_name(c.group));
   fmt::print("  thresholds      ({}, {}, {}) fixed\n", c.thresholds.t0, c.thresholds.t1, c.thresholds.t2);
   fmt::print("  streaming sinks {}\n", c.streaming_sink);
+  fmt::print("  dense below     {} tokens (0: off; shorter sequences attend densely)\n", c.dense_below);
   fmt::print("  head_dim        powers of two in [16, 512]\n");
 }
 
@@ -64,6 +65,9 @@ int main(int argc, char** argv) {
   run->add_option("--window", ra.window, "adamas: most recent tokens always kept (inside the budget)")
       ->capture_default_str();
   run->add_option("--dense-layers", ra.dense_layers, "first layers decoded with full attention")
+      ->capture_default_str();
+  run->add_option("--dense-below", ra.dense_below,
+                  "sparse methods: a sequence shorter than this many tokens attends densely (0: off)")
       ->capture_default_str();
   run->add_option("--temp", ra.temperature, "sampling temperature (0: greedy)")->capture_default_str();
   run->add_option("--top-k", ra.top_k, "top-k filter (0: off)")->capture_default_str();
@@ -101,6 +105,9 @@ int main(int argc, char** argv) {
   bdec->add_option("--ctx", bd.contexts, "context lengths")->delimiter(',')->capture_default_str();
   bdec->add_option("--attn", bd.attn, "methods: full, adamas, quest, streaming")->delimiter(',')->capture_default_str();
   bdec->add_option("--budget", bd.budget, "token budget of the sparse methods")->capture_default_str();
+  bdec->add_option("--dense-below", bd.dense_below,
+                   "sparse methods: a sequence shorter than this many tokens attends densely (0: off)")
+      ->capture_default_str();
   bdec->add_option("--batch", bd.batch, "cuda: sequences per step")->delimiter(',')->capture_default_str();
   bdec->add_option("-n,--tokens", bd.tokens, "decode steps per timed run")->capture_default_str();
   bdec->add_option("-r,--reps", bd.reps, "timed runs per row (median)")->capture_default_str();

@@ -55,6 +55,7 @@ struct BenchDecodeArgs {
   std::vector<int64_t> contexts{512, 2048, 8192};
   std::vector<std::string> attn{"full", "adamas"};
   int64_t budget = 128;
+  int64_t dense_below = 0;         // sequences shorter than this attend densely (AttentionConfig::dense_below)
   std::vector<int64_t> batch{1};   // cuda: sequences decoded together
   int64_t tokens = 32;             // decode steps timed per row
   int reps = 3;                    // repetitions per row (median)
@@ -101,6 +102,7 @@ struct RunArgs {
   int64_t budget = 256;
   int64_t sink = 0, window = 0;  // Adamas: first / most recent tokens always kept, inside the budget
   int64_t dense_layers = 2;
+  int64_t dense_below = 0;  // sequences shorter than this attend densely (AttentionConfig::dense_below)
   float temperature = 0.0f;
   int64_t top_k = 40;
   float top_p = 0.95f;

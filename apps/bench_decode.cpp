@@ -58,7 +58,9 @@ double step_bytes(const LlamaModel& m, const EngineOptions& eo, int64_t ctx) {
   const double row = double(c.head_dim) * 2 * 2;  // K and V rows, f16
   const double dense = double(c.n_kv_heads) * double(ctx) * row;
   const int64_t sparse_layers =
-      eo.attention.method == Method::full ? 0 : std::max<int64_t>(0, c.n_layers - eo.dense_layers);
+      eo.attention.method == Method::full || ctx < eo.attention.dense_below
+          ? 0
+          : std::max<int64_t>(0, c.n_layers - eo.dense_layers);
   double sparse = 0;
   if (sparse_layers > 0) {
     const int64_t kept = std::min(ctx, eo.attention.budget);
@@ -188,6 +190,7 @@ int bench_decode(const BenchDecodeArgs& a) {
       eo.context = ctx;
       eo.attention.method = m;
       eo.attention.budget = a.budget;
+      eo.attention.dense_below = a.dense_below;
       const Measured r = measure_ours(model, eo, prompt, a.tokens, a.reps);
       if (m == Method::full) full_tps = r.tokens_per_s;
       const double gbs = step_bytes(model, eo, ctx) * r.tokens_per_s / 1e9;

@@ -96,14 +96,15 @@ std::string profile_line(const gpu::PhaseProfile& p) {
 }
 
 // Median tokens/s of `reps` runs of `tokens` greedy steps over `batch` sequences of `ctx` random cached tokens.
-Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t batch, int64_t ctx, int64_t tokens,
-            int reps, unsigned fuse = gpu::kFuseAll) {
+Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t dense_below, int64_t batch, int64_t ctx,
+            int64_t tokens, int reps, unsigned fuse = gpu::kFuseAll) {
   constexpr int64_t kWarmup = 4;
   gpu::GpuEngineOptions o;
   o.context = ctx + kWarmup + reps * tokens + 1;
   o.max_batch = batch;
   o.attention.method = m;
   o.attention.budget = budget;
+  if (m != Method::full) o.attention.dense_below = dense_below;
   o.prefill_chunk = 16;
   o.fuse = fuse & gpu::kFuseBits;
   o.cublas_lt = !(fuse & kNoLt);
@@ -180,6 +181,7 @@ std::vector<Row> run_baseline(const ModelConfig& c, const BenchDecodeArgs& a) {
 
 int bench_decode_cuda(const BenchDecodeArgs& a) {
   ADAMAS_CHECK_ARG(a.budget > 0 && a.tokens > 0 && a.reps > 0, "--budget, --tokens and --reps must be > 0");
+  ADAMAS_CHECK_ARG(a.dense_below >= 0, "--dense-below {} (expected >= 0)", a.dense_below);
   ADAMAS_CHECK_ARG(!a.contexts.empty() && !a.batch.empty() && !a.attn.empty(), "--ctx, --batch and --attn need values");
   std::vector<Method> methods;
   for (const std::string& m : a.attn) methods.push_back(parse_method(m.c_str()));  // every method runs on cuda
@@ -188,7 +190,8 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   fmt::print("# decode on {}: {} (RANDOM f16 weights; {} layers, dim {}, ffn {}, {}/{} heads of {}, vocab {})\n",
              cuda::device_name(), c.name, c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab);
   fmt::print("# cache filled with random K/V (+ codes) of CTX tokens per sequence (prefill not timed); median of {} "
-             "runs of {} greedy steps; adamas: budget {}, first 2 layers dense\n", a.reps, a.tokens, a.budget);
+             "runs of {} greedy steps; adamas: budget {}, first 2 layers dense{}\n", a.reps, a.tokens, a.budget,
+             a.dense_below > 0 ? fmt::format(", dense below {} tokens", a.dense_below) : std::string());
   std::vector<Row> rows;
   {
     const gpu::GpuModel model = gpu::GpuModel::random(c, 1);
@@ -196,7 +199,7 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
     for (int64_t batch : a.batch)
       for (int64_t ctx : a.contexts)
         for (Method m : methods) {
-          rows.push_back(measure(model, m, a.budget, batch, ctx, a.tokens, a.reps));
+          rows.push_back(measure(model, m, a.budget, a.dense_below, batch, ctx, a.tokens, a.reps));
           const Row& r = rows.back();
           fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | {}\n", batch, ctx, r.impl, r.tokens_per_s,
                      r.tokens_per_s > 0 ? 1e3 * double(batch) / r.tokens_per_s : 0.0, r.note);
@@ -207,7 +210,7 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
     const int64_t actx = ab_ctx ? std::atoll(ab_ctx) : 32768, ab = ab_batch ? std::atoll(ab_batch) : 1;
     for (const auto& [name, fuse] : ab_settings())
       for (Method m : methods) {
-        rows.push_back(measure(model, m, a.budget, ab, actx, a.tokens, a.reps, fuse));
+        rows.push_back(measure(model, m, a.budget, a.dense_below, ab, actx, a.tokens, a.reps, fuse));
         Row& r = rows.back();
         r.fusion = name;
         fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | fusions {}; {}\n", ab, actx, r.impl, r.tokens_per_s,

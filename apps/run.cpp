@@ -55,6 +55,7 @@ int run_model(const RunArgs& a) {
   eo.attention.budget = a.budget;
   eo.attention.sink = a.sink;
   eo.attention.window = a.window;
+  eo.attention.dense_below = a.dense_below;
   eo.dense_layers = a.dense_layers;
   eo.context = a.context;
   eo.calibrate_thresholds = parse_thresholds_mode(a.thresholds);
@@ -101,10 +102,11 @@ int run_model(const RunArgs& a) {
   fmt::print(stderr, "stop: {}\n", stop_reason_name(r.stop));
   fmt::print(stderr, "prompt: {} tokens in {:.2f} s ({:.1f} tokens/s)\n", r.prompt_tokens, r.prefill_s,
              double(r.prompt_tokens) / r.prefill_s);
-  fmt::print(stderr, "decode: {} tokens in {:.2f} s ({:.1f} tokens/s); attention {} (budget {}, {} dense layers), "
-             "{:.1f} ms of attention per step\n",
+  fmt::print(stderr, "decode: {} tokens in {:.2f} s ({:.1f} tokens/s); attention {} (budget {}, {} dense layers, "
+             "dense below {} tokens), {:.1f} ms of attention per step\n",
              r.decode_steps, r.decode_s, r.decode_steps > 0 ? double(r.decode_steps) / r.decode_s : 0.0,
              method_name(eo.attention.method), eo.attention.budget, std::min(eo.dense_layers, model.config().n_layers),
+             eo.attention.dense_below,
              r.decode_steps > 0 ? 1e3 * (t.estimate_s + t.select_s + t.attend_s) / double(r.decode_steps) : 0.0);
   return 0;
 }

@@ -17,6 +17,7 @@ int run_model_cuda(const RunArgs& a, const std::string& text) {
   o.attention.budget = a.budget;
   o.attention.sink = a.sink;
   o.attention.window = a.window;
+  o.attention.dense_below = a.dense_below;
   o.dense_layers = a.dense_layers;
   o.calibrate_thresholds = parse_thresholds_mode(a.thresholds);
   o.sampler = {a.temperature, a.top_k, a.top_p, a.seed};
@@ -64,9 +65,9 @@ int run_model_cuda(const RunArgs& a, const std::string& text) {
              double(weights.bytes()) / (1 << 30), double(engine.cache_bytes()) / (1 << 30));
   fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s)\n", prompt.size(), prefill_s,
              double(prompt.size()) / prefill_s);
-  fmt::print(stderr, "decode: {} tokens in {:.3f} s ({:.1f} tokens/s); attention {} (budget {}, {} dense layers), "
-             "CUDA graph steps {}\n", steps, decode_s, steps > 0 ? double(steps) / decode_s : 0.0, a.attn, a.budget,
-             a.dense_layers, engine.graph_steps());
+  fmt::print(stderr, "decode: {} tokens in {:.3f} s ({:.1f} tokens/s); attention {} (budget {}, {} dense layers, "
+             "dense below {} tokens), CUDA graph steps {}\n", steps, decode_s, steps > 0 ? double(steps) / decode_s : 0.0,
+             a.attn, a.budget, a.dense_layers, a.dense_below, engine.graph_steps());
   return 0;
 }
 

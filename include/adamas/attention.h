@@ -175,6 +175,11 @@ struct AttentionConfig {
   int64_t streaming_sink = 4; // streaming: attention sinks; the rest of the budget is the recent window
   GroupSelection group = GroupSelection::per_head;
   Thresholds thresholds;      // fixed thresholds, used where DecodeInputs carries none
+  // A sequence of fewer tokens attends to all of them, as one of at most `budget` tokens does: below some length
+  // reading every K/V row costs less than the selection's fixed costs (measured per shape, docs/results.md; e.g.
+  // ~16K tokens for 8 KV heads of 128 on an H100 at batch 1, lower in larger batches). 0: the method at every
+  // length.
+  int64_t dense_below = 0;
 };
 // Throws on a config no step could run (budget <= 0, bad thresholds, sink + window > budget, ...).
 void validate_config(const AttentionConfig& config);

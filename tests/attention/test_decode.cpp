@@ -127,6 +127,43 @@ TEST(Decode, DenseWhenBudgetCoversContext) {
   }
 }
 
+// dense_below: a sequence shorter than it attends to every token (Method::full's result and selection); one of at
+// least that length runs the method as if dense_below were 0 (the fp64 reference over the reference selection).
+TEST(Decode, DenseBelowSwitchesAtTheLength) {
+  ADAMAS_SEEDED_RNG(rng);
+  adamas::DecodeWorkspace ws;
+  for (int rep = 0; rep < 12; ++rep) {
+    const int64_t group = ref::uniform_int(rng, 1, 4), tokens = ref::uniform_int(rng, 40, 900);
+    const int64_t d = std::array<int64_t, 3>{32, 64, 128}[size_t(rep % 3)];
+    const DType dtype = kDtypes[size_t(rep % 3)];
+    const auto c = ref::make_decode_case(rng, dtype, Layout::padded, d, 2, group, tokens, {kQuartiles}, kQuartiles);
+    const Method m = rep % 4 == 3 ? Method::quest : Method::adamas;
+    auto cfg = config(m, ref::uniform_int(rng, 32, tokens - 1));
+    SCOPED_TRACE(testing::Message() << ref::name(dtype) << " " << adamas::method_name(m) << " group=" << group
+                                    << " d=" << d << " tokens=" << tokens << " budget=" << cfg.budget);
+    const auto full = ref::run_decode(c, config(Method::full, 1), ws);
+    cfg.dense_below = tokens + ref::uniform_int(rng, 1, 5000);  // shorter than dense_below: dense
+    const auto below = ref::run_decode(c, cfg, ws);
+    for (size_t i = 0; i < below.size(); ++i) ASSERT_EQ(below[i], full[i]) << "element " << i;
+    for (int64_t h = 0; h < c.n_heads; ++h) ASSERT_EQ(ref::last_selection(ws, h), ref::all_tokens(tokens));
+    cfg.dense_below = tokens - ref::uniform_int(rng, 0, 1);  // not shorter: the method
+    const auto at = ref::run_decode(c, cfg, ws);
+    cfg.dense_below = 0;
+    if (m == Method::adamas) {
+      check_against(c, at, ws, reference_selections(c, cfg));
+    } else {
+      const auto off = ref::run_decode(c, cfg, ws);
+      for (size_t i = 0; i < at.size(); ++i) ASSERT_EQ(at[i], off[i]) << "element " << i;
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < at.size(); ++i) differ += at[i] != full[i];
+    EXPECT_GT(differ, 0u) << "the sparse result equals full attention's: the test cannot tell the paths apart";
+  }
+  AttentionConfig bad = config(Method::adamas, 16);
+  bad.dense_below = -1;
+  EXPECT_THROW(adamas::validate_config(bad), adamas::Error);
+}
+
 TEST(Decode, AdamasPerHeadMatchesReference) {
   ADAMAS_SEEDED_RNG(rng);
   adamas::DecodeWorkspace ws;

@@ -639,6 +639,41 @@ TEST(CudaDecode, MatchesCpuDecodeAttention) {
   }
 }
 
+// AttentionConfig::dense_below: sequences shorter than it attend densely, the others select, in one batch (the
+// operator splits it) and in every order; each row against the CPU's decode_attention of its sequence with the same
+// config, and the sequences below dense_below against full attention (the rule must have taken effect).
+TEST(CudaDecode, DenseBelowSplitsMixedBatches) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  cuda::Workspace ws;
+  const std::vector<std::vector<int64_t>> batches = {
+      {3000, 700, 5000, 1500}, {900, 4100}, {2500, 2600, 300}, {1200, 1800}, {6000, 200, 999, 1000, 1001}};
+  for (const auto& lens : batches) {
+    for (int kvh : {8, 2}) {
+      Case c;
+      c.dim = 128, c.n_heads = 8, c.kv_heads = kvh, c.lens = lens;
+      AttentionConfig cfg;
+      cfg.method = Method::adamas, cfg.budget = 256, cfg.dense_below = 1000;
+      cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+      cfg.group = kvh == 2 ? GroupSelection::shared_sum : GroupSelection::per_head;
+      SCOPED_TRACE(testing::Message() << "kv_heads " << kvh << ", " << lens.size() << " sequences from " << lens[0]);
+      Batch bt(c, rng, cfg.thresholds);
+      const std::vector<float> got = gpu_decode(bt, cfg, ws), want = cpu_decode(bt, cfg);
+      EXPECT_LT(rel_err(got, want), kTol);
+      AttentionConfig full = cfg;
+      full.method = Method::full;
+      const std::vector<float> dense = cpu_decode(bt, full);
+      const size_t row = size_t(c.n_heads) * c.dim;
+      for (size_t b = 0; b < lens.size(); ++b) {
+        const std::vector<float> g(got.begin() + b * row, got.begin() + (b + 1) * row);
+        const std::vector<float> d(dense.begin() + b * row, dense.begin() + (b + 1) * row);
+        if (lens[b] < cfg.dense_below) EXPECT_LT(rel_err(g, d), kTol) << "sequence " << b << " (" << lens[b] << ")";
+        else EXPECT_GT(rel_err(g, d), 10 * kTol) << "sequence " << b << " (" << lens[b] << "): selected nothing?";
+      }
+    }
+  }
+}
+
 // v8, the stream kernel (ADAMAS_CUDA_SELECT=stream: selection and attention in one persistent launch): the output
 // against the CPU's decode_attention and the selection it leaves in the workspace against the CPU's, on one workspace
 // for every case and twice per case (its counters and histograms must be left at zero), with the default chunk and

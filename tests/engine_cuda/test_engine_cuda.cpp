@@ -81,10 +81,11 @@ struct Greedy {
   std::vector<int32_t> tokens;
   std::vector<float> gaps;
 };
-Greedy cpu_greedy(const std::vector<int32_t>& prompt, Variant m, int64_t steps) {
+Greedy cpu_greedy(const std::vector<int32_t>& prompt, Variant m, int64_t steps, int64_t dense_below = 0) {
   EngineOptions o;
   o.context = kContext;
   o.attention = attention(m.method);
+  o.attention.dense_below = dense_below;
   o.calibrate_thresholds = m.calibrated;
   Session s(smol_model(), o);
   Greedy g;
@@ -99,11 +100,12 @@ Greedy cpu_greedy(const std::vector<int32_t>& prompt, Variant m, int64_t steps) 
   }
 }
 
-gpu::GpuEngineOptions gpu_options(Variant m, int64_t batch, bool graph = true) {
+gpu::GpuEngineOptions gpu_options(Variant m, int64_t batch, bool graph = true, int64_t dense_below = 0) {
   gpu::GpuEngineOptions o;
   o.context = kContext;
   o.max_batch = batch;
   o.attention = attention(m.method);
+  o.attention.dense_below = dense_below;
   o.calibrate_thresholds = m.calibrated;
   o.cuda_graph = graph;
   return o;
@@ -166,6 +168,27 @@ INSTANTIATE_TEST_SUITE_P(Methods, GpuEngineMatchesCpu,
                                            Variant{Method::adamas, true}, Variant{Method::quest},
                                            Variant{Method::streaming}),
                          [](const auto& i) { return i.param.name(); });
+
+// AttentionConfig::dense_below: below it every layer attends densely (Adamas then gives full attention's tokens
+// exactly: the same dense kernel on the same K/V); crossing it mid-decode (the 4-token prompt passes 24 tokens at
+// step 20) the GPU engine follows the CPU engine's rule token for token, as the Adamas case above.
+TEST(GpuEngine, DenseBelowMatchesFullThenCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> prompt{17, 4242, 31000, 9};
+  constexpr int64_t kSteps = 48, kCross = 24;
+  gpu::GpuEngine full(smol_gpu(), gpu_options(Variant{Method::full}, 1));
+  const std::vector<int32_t> want = gpu_greedy(full, prompt, kSteps);
+  gpu::GpuEngine all_dense(smol_gpu(), gpu_options(Variant{Method::adamas}, 1, true, kContext));
+  EXPECT_EQ(gpu_greedy(all_dense, prompt, kSteps), want);
+  const Greedy cpu = cpu_greedy(prompt, Variant{Method::adamas}, kSteps, kCross);
+  gpu::GpuEngine crossing(smol_gpu(), gpu_options(Variant{Method::adamas}, 1, true, kCross));
+  const std::vector<int32_t> got = gpu_greedy(crossing, prompt, kSteps);
+  int64_t n = 0;
+  while (n < 32 && cpu.gaps[size_t(n)] >= 0.02f) ++n;
+  ASSERT_GE(n, kCross) << "a CPU near-tie before the crossing: nothing past it would be compared";
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[size_t(i)], cpu.tokens[size_t(i)]) << "token " << i;
+  EXPECT_GT(crossing.graph_steps(), 0);
+}
 
 TEST(GpuEngine, GraphEqualsEager) {
   SKIP_WITHOUT_GPU();

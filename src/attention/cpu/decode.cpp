@@ -41,6 +41,7 @@ const char* group_selection_name(GroupSelection g) {
 
 void validate_config(const AttentionConfig& c) {
   ADAMAS_CHECK(c.budget > 0, ErrorKind::invalid_argument, "budget = {} (expected > 0)", c.budget);
+  ADAMAS_CHECK(c.dense_below >= 0, ErrorKind::invalid_argument, "dense_below = {} (expected >= 0)", c.dense_below);
   if (c.method == Method::adamas) {
     validate_select({c.budget, c.sink, c.window});
     validate_thresholds(c.thresholds);
@@ -212,7 +213,7 @@ void decode_attention(const DecodeInputs& in, const AttentionConfig& c, DecodeWo
   check_not_null(in.q, "decode_attention: q");
   check_not_null(out, "decode_attention: out");
   const int64_t n = in.k.tokens, g = in.n_heads / in.k.heads;
-  const bool dense = c.method == Method::full || c.budget >= n;
+  const bool dense = c.method == Method::full || c.budget >= n || n < c.dense_below;
   if (!dense && c.method == Method::adamas) {
     check_codes(in.codes, in.k.heads, n, in.k.dim, "decode_attention: codes");
     ADAMAS_CHECK(in.query_thresholds.empty() || int64_t(in.query_thresholds.size()) == in.n_heads,

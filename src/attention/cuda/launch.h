@@ -73,6 +73,11 @@ struct Workspace::State {
   int32_t* counts = nullptr;
   size_t counts_bytes = 0;
   SelectionView last{};
+  // a batch split by AttentionConfig::dense_below: its queries and outputs, the dense sequences' rows first
+  float* split_q = nullptr;
+  size_t split_q_bytes = 0;
+  float* split_out = nullptr;
+  size_t split_out_bytes = 0;
   // attention
   float* part = nullptr;
   size_t part_bytes = 0;

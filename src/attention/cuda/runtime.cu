@@ -47,7 +47,8 @@ Workspace::~Workspace() {
                   static_cast<void*>(s.idx), static_cast<void*>(s.counts), static_cast<void*>(s.part),
                   static_cast<void*>(s.done), static_cast<void*>(s.gcum), static_cast<void*>(s.gtotal),
                   static_cast<void*>(s.gbar), static_cast<void*>(s.stream_hist), static_cast<void*>(s.stream_done),
-                  static_cast<void*>(s.stream_ctr), static_cast<void*>(s.stream_debug)})
+                  static_cast<void*>(s.stream_ctr), static_cast<void*>(s.stream_debug), static_cast<void*>(s.split_q),
+                  static_cast<void*>(s.split_out)})
     if (p) cudaFree(p);
 }
 

@@ -26,6 +26,10 @@ GpuEngine::GpuEngine(const GpuModel& model, const GpuEngineOptions& o) : model_(
   ADAMAS_CHECK(o.context > 0 && o.max_batch > 0 && o.prefill_chunk > 0 && o.dense_layers >= 0,
                ErrorKind::invalid_argument, "GPU engine: context {}, batch {}, prefill chunk {}, dense layers {} "
                "(expected > 0, > 0, > 0, >= 0)", o.context, o.max_batch, o.prefill_chunk, o.dense_layers);
+  ADAMAS_CHECK(o.attention.dense_below == 0 || o.attention.method == Method::full ||
+                   o.attention.method == Method::adamas,
+               ErrorKind::unsupported, "dense_below is not implemented for {} on cuda (full, adamas)",
+               method_name(o.attention.method));
   ADAMAS_CHECK(o.context <= c.context_length || c.context_length == 0, ErrorKind::invalid_argument,
                "context = {} tokens exceeds the model's trained context length of {}", o.context, c.context_length);
 
@@ -214,10 +218,14 @@ void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
   if (kernels_have_group(g)) {
     cuda::BatchInputs in;
     in.q = q_, in.n_heads = c.n_heads, in.seqs = seqs;
-    const bool dense = std::all_of(seqs.begin(), seqs.end(), [&](const SequenceCache& s) {
-      return s.k.tokens <= ac.budget;  // cuda::decode_attention's test
+    // cuda::decode_attention's tests: every sequence attends to all its tokens, or some sequence past the budget
+    // does (dense_below: the operator splits the batch, which the late prefetch's two calls do not).
+    const auto all = [&](const SequenceCache& s) { return s.k.tokens <= ac.budget || s.k.tokens < ac.dense_below; };
+    const bool dense = std::all_of(seqs.begin(), seqs.end(), all);
+    const bool below = std::any_of(seqs.begin(), seqs.end(), [&](const SequenceCache& s) {
+      return s.k.tokens > ac.budget && s.k.tokens < ac.dense_below;
     });
-    if (late && !dense) {
+    if (late && !dense && !below) {
       cuda::select(in, ac, *ws_, stream_);
       issue_prefetch();
       return cuda::attend_selected(in, ac, *ws_, 1.0f / std::sqrt(float(c.head_dim)), att_, stream_);
