@@ -72,7 +72,11 @@ AttentionConfig attention(Method m) {
 struct Variant {
   Method method;
   bool calibrated = false;
-  std::string name() const { return std::string(method_name(method)) + (calibrated ? "_calibrated" : ""); }
+  int64_t dense_below = 0;  // AttentionConfig::dense_below
+  std::string name() const {
+    return std::string(method_name(method)) + (calibrated ? "_calibrated" : "") +
+           (dense_below ? "_dense_below_" + std::to_string(dense_below) : "");
+  }
 };
 
 // Greedy tokens of the CPU engine: the prompt, then `steps` tokens, and the gap between the two largest logits
@@ -81,11 +85,11 @@ struct Greedy {
   std::vector<int32_t> tokens;
   std::vector<float> gaps;
 };
-Greedy cpu_greedy(const std::vector<int32_t>& prompt, Variant m, int64_t steps, int64_t dense_below = 0) {
+Greedy cpu_greedy(const std::vector<int32_t>& prompt, Variant m, int64_t steps) {
   EngineOptions o;
   o.context = kContext;
   o.attention = attention(m.method);
-  o.attention.dense_below = dense_below;
+  o.attention.dense_below = m.dense_below;
   o.calibrate_thresholds = m.calibrated;
   Session s(smol_model(), o);
   Greedy g;
@@ -100,12 +104,12 @@ Greedy cpu_greedy(const std::vector<int32_t>& prompt, Variant m, int64_t steps, 
   }
 }
 
-gpu::GpuEngineOptions gpu_options(Variant m, int64_t batch, bool graph = true, int64_t dense_below = 0) {
+gpu::GpuEngineOptions gpu_options(Variant m, int64_t batch, bool graph = true) {
   gpu::GpuEngineOptions o;
   o.context = kContext;
   o.max_batch = batch;
   o.attention = attention(m.method);
-  o.attention.dense_below = dense_below;
+  o.attention.dense_below = m.dense_below;
   o.calibrate_thresholds = m.calibrated;
   o.cuda_graph = graph;
   return o;
@@ -178,10 +182,10 @@ TEST(GpuEngine, DenseBelowMatchesFullThenCpu) {
   constexpr int64_t kSteps = 48, kCross = 24;
   gpu::GpuEngine full(smol_gpu(), gpu_options(Variant{Method::full}, 1));
   const std::vector<int32_t> want = gpu_greedy(full, prompt, kSteps);
-  gpu::GpuEngine all_dense(smol_gpu(), gpu_options(Variant{Method::adamas}, 1, true, kContext));
+  gpu::GpuEngine all_dense(smol_gpu(), gpu_options(Variant{Method::adamas, false, kContext}, 1));
   EXPECT_EQ(gpu_greedy(all_dense, prompt, kSteps), want);
-  const Greedy cpu = cpu_greedy(prompt, Variant{Method::adamas}, kSteps, kCross);
-  gpu::GpuEngine crossing(smol_gpu(), gpu_options(Variant{Method::adamas}, 1, true, kCross));
+  const Greedy cpu = cpu_greedy(prompt, Variant{Method::adamas, false, kCross}, kSteps);
+  gpu::GpuEngine crossing(smol_gpu(), gpu_options(Variant{Method::adamas, false, kCross}, 1));
   const std::vector<int32_t> got = gpu_greedy(crossing, prompt, kSteps);
   int64_t n = 0;
   while (n < 32 && cpu.gaps[size_t(n)] >= 0.02f) ++n;
@@ -231,7 +235,8 @@ TEST(GpuEngine, LongPrefillCloseToCpu) {
 }
 
 // Three sequences of different lengths decoded together (with one finished and a new one added midway) give each
-// sequence's single-sequence tokens.
+// sequence's single-sequence tokens. With dense_below 30 the batch mixes sequences below and above it at most steps
+// (the operator's split inside the captured graphs).
 class GpuEngineBatch : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(GpuEngineBatch, BatchEqualsSingleSequences) {
@@ -419,7 +424,8 @@ TEST(GpuEngine, PagedCacheGrowsAcrossPages) {
 // keep the sequences of a batch apart as Adamas does.
 INSTANTIATE_TEST_SUITE_P(Methods, GpuEngineBatch,
                          ::testing::Values(Variant{Method::adamas}, Variant{Method::adamas, true},
-                                           Variant{Method::quest}, Variant{Method::streaming}),
+                                           Variant{Method::adamas, false, 30}, Variant{Method::quest},
+                                           Variant{Method::streaming}),
                          [](const auto& i) { return i.param.name(); });
 
 TEST(GpuEngine, ClearErrors) {
