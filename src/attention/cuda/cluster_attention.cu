@@ -208,25 +208,6 @@ __device__ __forceinline__ void histograms_to_cumulative(uint32_t* h, int bins, 
   }
 }
 
-// Exclusive scan of one value per thread within segments of T threads (T a multiple of 32; warp_sums: kWarps words;
-// two block barriers, which every thread of the block must reach).
-template <int T>
-__device__ __forceinline__ uint32_t segment_exclusive_scan(uint32_t v, uint32_t* warp_sums) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  uint32_t x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) warp_sums[warp] = x;
-  __syncthreads();
-  uint32_t before = 0;
-  for (int w = warp / (T / 32) * (T / 32); w < warp; ++w) before += warp_sums[w];
-  __syncthreads();
-  return before + x - v;
-}
-
 // Ordered compaction of this block's tokens for its R rows, each row by its own kThreads / R threads (v10 ran the rows
 // one after another on the whole block: ~1 us per row at per-head GQA, where a block's ~57-455 groups left most of
 // 512 threads idle and each selected token is placed by a serial loop of its thread). In a row, thread t takes a
@@ -256,13 +237,8 @@ __device__ __forceinline__ void compact_block_rows(const uint16_t* dist, int tma
     kinds(g, km, tm);
     cnt += uint32_t(__popc(km)) | (uint32_t(__popc(tm)) << 16);
   }
-  uint32_t ex;
-  if constexpr (R == 1) {  // the whole block: v10's scan (the segment form measured 0.2-0.4 us slower at R = 1)
-    uint32_t total;
-    ex = block_exclusive_scan<kThreads>(cnt, warp_sums, total);
-  } else {
-    ex = segment_exclusive_scan<T>(cnt, warp_sums);
-  }
+  uint32_t total;
+  const uint32_t ex = block_exclusive_scan<kThreads, T>(cnt, warp_sums, total);  // T = kThreads at R = 1: v10's scan
   uint32_t a = uint32_t(rc.a_before) + (ex & 0xffffu), e = uint32_t(rc.e_before) + (ex >> 16);
   const uint32_t skip = uint32_t(rc.skip);
   const uint32_t first = uint32_t(rc.a_before) + (uint32_t(rc.e_before) > skip ? uint32_t(rc.e_before) - skip : 0u);

@@ -262,9 +262,13 @@ __device__ __forceinline__ int word_l1(uint32_t pq, uint32_t wq, uint32_t pk, ui
 // ---- block scan ------------------------------------------------------------------------------------------------
 // Block-wide exclusive scan of one value per thread (THREADS threads, warp_sums: THREADS / 32 words of shared
 // memory; two block barriers). Returns the exclusive prefix, sets total. select.cu's and stream_attention.cu's tails.
-template <int THREADS>
+// SEGMENT < THREADS (a multiple of 32): independent scans of consecutive segments of SEGMENT threads, total the
+// segment's (the cluster kernel's compaction, one segment per row).
+template <int THREADS, int SEGMENT = THREADS>
 __device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  static_assert(SEGMENT % 32 == 0 && THREADS % SEGMENT == 0, "segments of whole warps");
+  constexpr int kSegWarps = SEGMENT / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, seg0 = warp / kSegWarps * kSegWarps;
   uint32_t x = v;
 #pragma unroll
   for (int o = 1; o < 32; o *= 2) {
@@ -276,7 +280,7 @@ __device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* w
   uint32_t before = 0, all = 0;
 #pragma unroll
   for (int w = 0; w < THREADS / 32; ++w) {
-    const uint32_t s = warp_sums[w];
+    const uint32_t s = (kSegWarps == THREADS / 32 || (w >= seg0 && w < seg0 + kSegWarps)) ? warp_sums[w] : 0u;
     before += w < warp ? s : 0;
     all += s;
   }
