@@ -160,8 +160,8 @@ int bench_decode(const BenchDecodeArgs& a) {
   fmt::print("# decode, {} ({}), CPU, {} threads; median of {} runs of {} greedy steps after a dense prefill of real "
              "prose\n",
              c.name.empty() ? path : c.name, path, threads, a.reps, a.tokens);
-  fmt::print("# sparse methods: budget {}, first 2 layers dense; GB/s = weights + K/V + codes read per step / time\n",
-             a.budget);
+  fmt::print("# sparse methods: budget {}, first 2 layers dense{}; GB/s = weights + K/V + codes read per step / time\n",
+             a.budget, a.dense_below > 0 ? fmt::format(", dense below {} tokens", a.dense_below) : std::string());
   if (llama.empty())
     fmt::print("# llama.cpp: {}\n", a.no_baseline ? "skipped (--no-baseline)"
                                                    : "not built (run scripts/build-llama-cpp, or pass --llama-bench)");
