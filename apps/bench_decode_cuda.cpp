@@ -104,7 +104,7 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t dense_
   o.max_batch = batch;
   o.attention.method = m;
   o.attention.budget = budget;
-  if (m != Method::full) o.attention.dense_below = dense_below;
+  o.attention.dense_below = dense_below;
   o.prefill_chunk = 16;
   o.fuse = fuse & gpu::kFuseBits;
   o.cublas_lt = !(fuse & kNoLt);

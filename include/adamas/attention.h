@@ -181,6 +181,11 @@ struct AttentionConfig {
   // length.
   int64_t dense_below = 0;
 };
+// Whether a decode step over `tokens` cached tokens attends to every one of them under `c` (full attention, a budget
+// that covers the context, or a sequence shorter than dense_below): the one rule of the CPU and CUDA operators.
+inline bool attends_every_token(const AttentionConfig& c, int64_t tokens) {
+  return c.method == Method::full || tokens <= c.budget || tokens < c.dense_below;
+}
 // Throws on a config no step could run (budget <= 0, bad thresholds, sink + window > budget, ...).
 void validate_config(const AttentionConfig& config);
 

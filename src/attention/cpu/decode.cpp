@@ -213,7 +213,7 @@ void decode_attention(const DecodeInputs& in, const AttentionConfig& c, DecodeWo
   check_not_null(in.q, "decode_attention: q");
   check_not_null(out, "decode_attention: out");
   const int64_t n = in.k.tokens, g = in.n_heads / in.k.heads;
-  const bool dense = c.method == Method::full || c.budget >= n || n < c.dense_below;
+  const bool dense = attends_every_token(c, n);
   if (!dense && c.method == Method::adamas) {
     check_codes(in.codes, in.k.heads, n, in.k.dim, "decode_attention: codes");
     ADAMAS_CHECK(in.query_thresholds.empty() || int64_t(in.query_thresholds.size()) == in.n_heads,

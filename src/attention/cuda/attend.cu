@@ -490,25 +490,19 @@ void attend_dense(const BatchInputs& in, float scale, Workspace& ws, float* out,
 
 namespace {
 
-// Every token of a sequence is attended when the method is full, when the selection would keep them all, or when
-// the sequence is shorter than dense_below (the CPU's rule, cpu/decode.cpp).
-bool attends_all(const SequenceCache& s, const AttentionConfig& c) {
-  return c.method == Method::full || s.k.tokens <= c.budget || s.k.tokens < c.dense_below;
-}
-
 // A batch whose sequences below dense_below (and above the budget) must attend densely while the others select: the
 // two groups' query rows are packed into workspace rows (dense first), each group runs as its own batch, and the
 // outputs go back to their rows. Device-to-device copies of n_heads * dim floats per sequence.
-void split_by_length(const BatchInputs& in, const AttentionConfig& config, Workspace& ws, float* out,
+void split_by_length(const BatchInputs& in, const AttentionConfig& config, float scale, Workspace& ws, float* out,
                      cudaStream_t stream) {
   const size_t row = size_t(in.n_heads) * size_t(in.seqs[0].k.dim), bytes = row * sizeof(float);
   const size_t batch = in.seqs.size();
   std::vector<SequenceCache> dense, sparse;
   std::vector<size_t> order;  // packed row -> batch row
   for (size_t i = 0; i < batch; ++i)
-    if (attends_all(in.seqs[i], config)) dense.push_back(in.seqs[i]), order.push_back(i);
+    if (attends_every_token(config, in.seqs[i].k.tokens)) dense.push_back(in.seqs[i]), order.push_back(i);
   for (size_t i = 0; i < batch; ++i)
-    if (!attends_all(in.seqs[i], config)) sparse.push_back(in.seqs[i]), order.push_back(i);
+    if (!attends_every_token(config, in.seqs[i].k.tokens)) sparse.push_back(in.seqs[i]), order.push_back(i);
   auto& st = ws.state();
   detail::ensure(&st.split_q, &st.split_q_bytes, batch * bytes, false);
   detail::ensure(&st.split_out, &st.split_out_bytes, batch * bytes, false);
@@ -518,7 +512,7 @@ void split_by_length(const BatchInputs& in, const AttentionConfig& config, Works
   BatchInputs d = in, s = in;
   d.q = st.split_q, d.seqs = dense;
   s.q = st.split_q + dense.size() * row, s.seqs = sparse;
-  attend_dense(d, 1.0f / std::sqrt(float(in.seqs[0].k.dim)), ws, st.split_out, stream);
+  attend_dense(d, scale, ws, st.split_out, stream);
   AttentionConfig sc = config;
   sc.dense_below = 0;  // every sequence left selects
   decode_attention(s, sc, ws, st.split_out + dense.size() * row, stream);
@@ -537,11 +531,12 @@ void decode_attention(const BatchInputs& in, const AttentionConfig& config, Work
   const float scale = 1.0f / std::sqrt(float(in.seqs[0].k.dim));
   bool dense = true, below = false;  // below: a sequence longer than the budget attends densely (dense_below)
   for (const auto& s : in.seqs) {
-    dense = dense && attends_all(s, config);
-    below = below || (attends_all(s, config) && s.k.tokens > config.budget);
+    const bool all = attends_every_token(config, s.k.tokens);
+    dense = dense && all;
+    below = below || (all && s.k.tokens > config.budget);
   }
   if (dense) return attend_dense(in, scale, ws, out, stream);
-  if (below) return split_by_length(in, config, ws, out, stream);
+  if (below) return split_by_length(in, config, scale, ws, out, stream);
   if (detail::cluster_selected(in, config, true)) return detail::cluster_attention(in, config, ws, out, stream);  // v9
   if (detail::stream_selected(in, config)) return detail::stream_attention(in, config, ws, out, stream);  // v8
   select(in, config, ws, stream);

@@ -220,10 +220,11 @@ void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
     in.q = q_, in.n_heads = c.n_heads, in.seqs = seqs;
     // cuda::decode_attention's tests: every sequence attends to all its tokens, or some sequence past the budget
     // does (dense_below: the operator splits the batch, which the late prefetch's two calls do not).
-    const auto all = [&](const SequenceCache& s) { return s.k.tokens <= ac.budget || s.k.tokens < ac.dense_below; };
-    const bool dense = std::all_of(seqs.begin(), seqs.end(), all);
+    const bool dense = std::all_of(seqs.begin(), seqs.end(), [&](const SequenceCache& s) {
+      return attends_every_token(ac, s.k.tokens);
+    });
     const bool below = std::any_of(seqs.begin(), seqs.end(), [&](const SequenceCache& s) {
-      return s.k.tokens > ac.budget && s.k.tokens < ac.dense_below;
+      return s.k.tokens > ac.budget && attends_every_token(ac, s.k.tokens);
     });
     if (late && !dense && !below) {
       cuda::select(in, ac, *ws_, stream_);
