@@ -5,9 +5,10 @@
 // counts (read through distributed shared memory), and its rank's prefix of kept and tie tokens from the lower ranks'
 // counts at the cut: no global scratch, no L2 round trip, no second barrier. It compacts its own tokens into the
 // output indices (the CPU's order and tie rule) and into a list in shared memory, gathers those K/V rows and attends
-// them (one online softmax per warp), merges its warps; after a second cluster barrier the C partials of each query
-// head are merged by one block through distributed shared memory. v4-v8 paid a grid-wide arrival barrier through L2,
-// a cut search over a global histogram, a second launch for the attention and its split-K merge through L2.
+// them (one online softmax per warp), merges its warps and pushes its partials into the shared memory of the block
+// that merges them; after a second cluster barrier that block merges the C partials. v4-v8 paid a grid-wide arrival
+// barrier through L2, a cut search over a global histogram, a second launch for the attention and its split-K merge
+// through L2.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -60,7 +61,9 @@ struct ClusterParams {
 };
 
 // Shared memory of a block: cumulative counts [R][bins] u32, query code words [G][D/16] u32, distances [R][tmax] u16;
-// with the attention: lists [R][lcap] u16, warp partials [kWarps][QH][D + 2] f32, the block's partial [G][D + 2] f32.
+// with the attention: lists [R][lcap] u16, warp partials [kWarps][QH][D + 2] f32. After the distance pass the ring
+// holds the merge's inbox: the C blocks' partials [C][G][D + 2] f32, of which a block receives those of the query heads
+// it merges.
 template <int D, int G, bool SHARED>
 struct Layout {
   static constexpr int R = SHARED ? 1 : G, QH = SHARED ? G : 1;
@@ -69,12 +72,13 @@ struct Layout {
   __host__ __device__ static size_t dist(int bins) { return qw(bins) + up16(size_t(G) * (D / 16) * 4); }
   __host__ __device__ static size_t list(int bins, int tmax) { return dist(bins) + up16(size_t(R) * tmax * 2); }
   __host__ __device__ static size_t wpart(int bins, int tmax, int lcap) { return list(bins, tmax) + up16(size_t(R) * lcap * 2); }
-  __host__ __device__ static size_t cpart(int bins, int tmax, int lcap) {
-    return wpart(bins, tmax, lcap) + size_t(kWarps) * QH * (D + 2) * 4;
-  }
+  // The ring starts on a 128-byte boundary (a row of the 32 banks): with 16-byte alignment only, the bulk copies into
+  // it made the MHA 32K selection ~2.3 us slower (NOTES v10.2).
   __host__ __device__ static size_t ring(int bins, int tmax, int lcap, bool attend) {
-    return up16(attend ? cpart(bins, tmax, lcap) + size_t(G) * (D + 2) * 4 : list(bins, tmax));
+    const size_t end = attend ? wpart(bins, tmax, lcap) + size_t(kWarps) * QH * (D + 2) * 4 : list(bins, tmax);
+    return (end + 127) / 128 * 128;
   }
+  static_assert(size_t(kMaxCluster) * G * (D + 2) * 4 <= size_t(kRingStages) * kRingBytes, "the inbox fits the ring");
   __host__ __device__ static size_t total(int bins, int tmax, int lcap, bool attend) {
     return ring(bins, tmax, lcap, attend) + size_t(kRingStages) * kRingBytes;
   }
@@ -545,13 +549,12 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   const int64_t row0 = int64_t(b) * p.units + (SHARED ? kvh : kvh * G);  // this cluster's first selection row
   ADAMAS_STAMP(p.stamps, 0);
 
-  extern __shared__ __align__(16) unsigned char dsm[];
+  extern __shared__ __align__(128) unsigned char dsm[];
   uint32_t* cum = reinterpret_cast<uint32_t*>(dsm);  // [R][bins]: histograms, then cumulative counts
   uint32_t* qw_s = reinterpret_cast<uint32_t*>(dsm + L::qw(p.bins));
   uint16_t* dist = reinterpret_cast<uint16_t*>(dsm + L::dist(p.bins));
   uint16_t* lists = ATTEND ? reinterpret_cast<uint16_t*>(dsm + L::list(p.bins, p.tmax)) : nullptr;
   float* wpart = reinterpret_cast<float*>(dsm + L::wpart(p.bins, p.tmax, p.lcap));
-  float* cpart = reinterpret_cast<float*>(dsm + L::cpart(p.bins, p.tmax, p.lcap));
   __shared__ uint32_t warp_sums[kWarps];
   __shared__ RowCut rcs[R];
 
@@ -629,7 +632,10 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
     __syncthreads();  // lists complete
     attend_block<D, G, SHARED, T>(p, b, kvh, t_begin, lists, rcs, wpart);
     __syncthreads();
-    // The block's partial per query head of the cluster (slot s: head kvh * G + s), from the warps of its row.
+    // The block's partial per query head of the cluster (slot s: head kvh * G + s), from the warps of its row, pushed
+    // into the inbox of the block that merges slot s (rank s % C) at entry [rank][s]. (v9-v10 kept it here, and the
+    // merging block read the C partials across the cluster after a barrier, with a second barrier before exiting.)
+    float* inbox = reinterpret_cast<float*>(ring);  // the ring is idle: every chunk it was given has been read
     constexpr int NSUB = kWarps / R;
     for (int i = tid; i < G * D; i += kThreads) {
       const int s = i / D, col = i % D, r = SHARED ? 0 : s, h = SHARED ? s : 0;
@@ -643,27 +649,27 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
         const float w = merge_weight(wp[D], M);
         Lsum = fmaf(w, wp[D + 1], Lsum), A = fmaf(w, wp[col], A);
       }
-      float* cp = cpart + s * (D + 2);
+      float* cp = cluster.map_shared_rank(inbox, s % C) + (rank * G + s) * (D + 2);
       cp[col] = A;
       if (col == 0) cp[D] = M, cp[D + 1] = Lsum;
     }
     ADAMAS_STAMP(p.stamps, 6);
-    cluster.sync();  // every block's partials are complete
-    // Head slot s is merged by block s % C: the C partials through distributed shared memory.
+    // Every partial is in its merger's inbox, and no block reads another's shared memory after this barrier: blocks
+    // that merge nothing exit.
+    cluster.sync();
     for (int i = tid; i < G * D; i += kThreads) {
       const int s = i / D, col = i % D;
       if (s % C != rank) continue;
       float M = -INFINITY;
-      for (int c = 0; c < C; ++c) M = fmaxf(M, cluster.map_shared_rank(cpart, c)[s * (D + 2) + D]);
+      for (int c = 0; c < C; ++c) M = fmaxf(M, inbox[(c * G + s) * (D + 2) + D]);
       float Lsum = 0.0f, A = 0.0f;
       for (int c = 0; c < C; ++c) {
-        const float* cp = cluster.map_shared_rank(cpart, c) + s * (D + 2);
+        const float* cp = inbox + (c * G + s) * (D + 2);
         const float w = merge_weight(cp[D], M);
         Lsum = fmaf(w, cp[D + 1], Lsum), A = fmaf(w, cp[col], A);
       }
       p.out[(int64_t(b) * p.n_heads + kvh * G + s) * D + col] = A / Lsum;
     }
-    cluster.sync();  // the partials are read: blocks may exit
     ADAMAS_STAMP(p.stamps, 7);
   }
 }
