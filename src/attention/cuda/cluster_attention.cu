@@ -691,15 +691,16 @@ int max_smem_optin() {
   return v;
 }
 
-// The kernel attributes (dynamic shared memory at most: the opt-in limit less the kernel's static shared memory;
-// 16-block clusters allowed), set once per instantiation; returns that dynamic limit.
+// The kernel attributes (dynamic shared memory at most: the opt-in limit less the kernel's static shared memory rounded
+// up to 128 bytes, the padding before the aligned dynamic part; 16-block clusters allowed), set once per instantiation;
+// returns that dynamic limit.
 template <int D, int G, bool SH, class T, bool AT>
 int prepare_kernel() {
   static const int max_dynamic = [] {
     auto* k = cluster_kernel<D, G, SH, T, AT>;
     cudaFuncAttributes fa{};
     check_cuda(cudaFuncGetAttributes(&fa, k), "cluster attention attributes");
-    const int dyn = max_smem_optin() - int(fa.sharedSizeBytes);
+    const int dyn = max_smem_optin() - (int(fa.sharedSizeBytes) + 127) / 128 * 128;
     check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn),
                "cluster attention smem attribute");
     check_cuda(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
