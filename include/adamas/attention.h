@@ -186,6 +186,11 @@ struct AttentionConfig {
 inline bool attends_every_token(const AttentionConfig& c, int64_t tokens) {
   return c.method == Method::full || tokens <= c.budget || tokens < c.dense_below;
 }
+// Whether such a sequence is also longer than the budget (under a sparse method: shorter than dense_below only). A
+// CUDA batch holding one beside selecting sequences is split into a dense and a selecting call.
+inline bool attends_every_token_past_budget(const AttentionConfig& c, int64_t tokens) {
+  return tokens > c.budget && attends_every_token(c, tokens);
+}
 // Throws on a config no step could run (budget <= 0, bad thresholds, sink + window > budget, ...).
 void validate_config(const AttentionConfig& config);
 

@@ -531,9 +531,8 @@ void decode_attention(const BatchInputs& in, const AttentionConfig& config, Work
   const float scale = 1.0f / std::sqrt(float(in.seqs[0].k.dim));
   bool dense = true, below = false;  // below: a sequence longer than the budget attends densely (dense_below)
   for (const auto& s : in.seqs) {
-    const bool all = attends_every_token(config, s.k.tokens);
-    dense = dense && all;
-    below = below || (all && s.k.tokens > config.budget);
+    dense = dense && attends_every_token(config, s.k.tokens);
+    below = below || attends_every_token_past_budget(config, s.k.tokens);
   }
   if (dense) return attend_dense(in, scale, ws, out, stream);
   if (below) return split_by_length(in, config, scale, ws, out, stream);

@@ -224,7 +224,7 @@ void GpuEngine::decode_attention_layer(int64_t layer, int64_t n) {
       return attends_every_token(ac, s.k.tokens);
     });
     const bool below = std::any_of(seqs.begin(), seqs.end(), [&](const SequenceCache& s) {
-      return s.k.tokens > ac.budget && attends_every_token(ac, s.k.tokens);
+      return attends_every_token_past_budget(ac, s.k.tokens);
     });
     if (late && !dense && !below) {
       cuda::select(in, ac, *ws_, stream_);
