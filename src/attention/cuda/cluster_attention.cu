@@ -1,14 +1,14 @@
 // v9: select + attend in one launch, one thread-block cluster of C blocks per (sequence, KV head), one block per SM
 // (NOTES.md "v9"). Block `rank` streams the codes of tokens [rank T, rank T + T) once (distance.cuh's pass: exact u16
-// distances and a middle histogram in its shared memory) and turns its histogram into cumulative counts. After one
-// cluster barrier every block finds the cut-off itself by a 32-way search over the sum of the C blocks' cumulative
-// counts (read through distributed shared memory), and its rank's prefix of kept and tie tokens from the lower ranks'
-// counts at the cut: no global scratch, no L2 round trip, no second barrier. It compacts its own tokens into the
-// output indices (the CPU's order and tie rule) and into a list in shared memory, gathers those K/V rows and attends
-// them (one online softmax per warp), merges its warps and pushes its partials into the shared memory of the block
-// that merges them; after a second cluster barrier that block merges the C partials. v4-v8 paid a grid-wide arrival
-// barrier through L2, a cut search over a global histogram, a second launch for the attention and its split-K merge
-// through L2.
+// distances and a middle histogram in its shared memory) and turns its histogram into cumulative counts. v11: it then
+// pushes the span of those counts that varies into every block's shared memory (st.async, counted on the receiver's
+// mbarrier: no cluster barrier, no remote loads), and every block finds the cut-off itself from the C blocks' counts,
+// and its rank's prefix of kept and tie tokens from the lower ranks' counts at the cut: no global scratch, no L2 round
+// trip. It compacts its own tokens into the output indices (the CPU's order and tie rule) and into a list in shared
+// memory, gathers those K/V rows and attends them (one online softmax per warp), merges its warps and pushes its
+// partials into the shared memory of the block that merges them, which merges the C partials once they have landed.
+// v4-v8 paid a grid-wide arrival barrier through L2, a cut search over a global histogram, a second launch for the
+// attention and its split-K merge through L2; v9-v10.2 two cluster barriers (a GPU-scope membar each).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -61,26 +61,34 @@ struct ClusterParams {
 };
 
 // Shared memory of a block: cumulative counts [R][bins] u32, query code words [G][D/16] u32, distances [R][tmax] u16;
-// with the attention: lists [R][lcap] u16, warp partials [kWarps][QH][D + 2] f32. After the distance pass the ring
+// with the attention: lists [R][lcap] u16; then one region that first holds the counts' inbox (the C blocks'
+// cumulative counts as u16, [C][R][pitch], each block's span of them: a block's counts are at most
+// kMaxTokensPerBlock) and, with the attention,
+// later the warp partials [kWarps][QH][D + 2] f32 (written after the inbox was read). After the distance pass the ring
 // holds the merge's inbox: the C blocks' partials [C][G][D + 2] f32, of which a block receives those of the query heads
 // it merges.
 template <int D, int G, bool SHARED>
 struct Layout {
   static constexpr int R = SHARED ? 1 : G, QH = SHARED ? G : 1;
   __host__ __device__ static size_t up16(size_t x) { return (x + 15) / 16 * 16; }
+  __host__ __device__ static int pitch(int bins) { return (bins + 7) / 8 * 8; }  // u16 per inbox row: 16-byte pieces
   __host__ __device__ static size_t qw(int bins) { return up16(size_t(R) * bins * 4); }
   __host__ __device__ static size_t dist(int bins) { return qw(bins) + up16(size_t(G) * (D / 16) * 4); }
   __host__ __device__ static size_t list(int bins, int tmax) { return dist(bins) + up16(size_t(R) * tmax * 2); }
   __host__ __device__ static size_t wpart(int bins, int tmax, int lcap) { return list(bins, tmax) + up16(size_t(R) * lcap * 2); }
+  __host__ __device__ static size_t inbox_bytes(int bins, int C, bool attend) {
+    const size_t counts = size_t(C) * R * pitch(bins) * 2, parts = size_t(kWarps) * QH * (D + 2) * 4;
+    return attend ? (counts > parts ? counts : parts) : counts;
+  }
   // The ring starts on a 128-byte boundary (a row of the 32 banks): with 16-byte alignment only, the bulk copies into
   // it made the MHA 32K selection ~2.3 us slower (NOTES v10.2).
-  __host__ __device__ static size_t ring(int bins, int tmax, int lcap, bool attend) {
-    const size_t end = attend ? wpart(bins, tmax, lcap) + size_t(kWarps) * QH * (D + 2) * 4 : list(bins, tmax);
+  __host__ __device__ static size_t ring(int bins, int tmax, int lcap, int C, bool attend) {
+    const size_t end = wpart(bins, tmax, lcap) + inbox_bytes(bins, C, attend);
     return (end + 127) / 128 * 128;
   }
   static_assert(size_t(kMaxCluster) * G * (D + 2) * 4 <= size_t(kRingStages) * kRingBytes, "the inbox fits the ring");
-  __host__ __device__ static size_t total(int bins, int tmax, int lcap, bool attend) {
-    return ring(bins, tmax, lcap, attend) + size_t(kRingStages) * kRingBytes;
+  __host__ __device__ static size_t total(int bins, int tmax, int lcap, int C, bool attend) {
+    return ring(bins, tmax, lcap, C, attend) + size_t(kRingStages) * kRingBytes;
   }
 };
 
@@ -135,45 +143,108 @@ struct RowCut {
   int cut, skip, a_before, e_before, count;
 };
 
-// Warp-wide, after the cluster barrier: the cut-off of row r from the C blocks' cumulative counts (cum of this
-// block; the others' at the same offset of their shared memory), this block's prefix and its number of selected tokens.
-// The cut: the smallest bin c with sum_blocks cum[c + 1] >= need (need == 0: bin 0, none of its ties), the CPU's rule
-// (select.cu find_cut); no such bin (the middle is not larger than need): every middle token is kept.
-__device__ __forceinline__ RowCut find_row_cut(const uint32_t* cum_row, int bins, int C, int rank, int64_t need,
-                                               int64_t forced_pre, int64_t forced_own, int len) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int lane = threadIdx.x & 31, nb = bins - 1;  // cum_row[nb]: the middle's size in this block
-  auto total_at = [&](int j) {  // sum over the cluster of cum[j]: C independent loads in flight together
-    uint32_t v[kMaxCluster];
+// A block's cumulative counts of one row as pushed to the others: cum[j] = 0 for j < lo, total for j >= hi, and the
+// entries in [lo, hi) (the span of its middle distances) as u16 in the receiver's inbox at the same offsets.
+struct alignas(8) CountSpan {
+  uint32_t lo_hi;  // lo | hi << 16
+  uint32_t total;
+  __device__ uint32_t at(const uint16_t* row, int j) const {
+    return j < int(lo_hi & 0xffffu) ? 0u : j >= int(lo_hi >> 16) ? total : uint32_t(row[j]);
+  }
+  __device__ int pieces() const {  // 16-byte pieces (8 entries) covering [lo, hi)
+    const int lo = int(lo_hi & 0xffffu) / 8, hi = (int(lo_hi >> 16) + 7) / 8;
+    return max(0, hi - lo);
+  }
+};
+
+// Block-wide, once the C blocks' counts have landed in this block's inbox (block c's row r: spans[c * R + r], entries
+// at cin + (c * R + r) * pitch): each row's cut-off into cuts[r]. The cut: the smallest bin c with tot[c + 1] >= need,
+// tot[j] = sum_c cum_c[j] (need == 0: bin 0, none of its ties), the CPU's rule (select.cu find_cut); no such bin (the
+// middle is not larger than need): every middle token is kept (nb). Only the union of the spans [ulo, uhi) varies
+// (tot is 0 below it and the middle's size from its end), so only those totals are summed, into tot (R rows of
+// bins), and every bin there tests itself. (v9-v10.2: a cluster barrier, then one warp per row searched 32 ways with
+// C remote loads per probe: ~1.2 us at MHA 32K and ~2 us at GQA with local loads, a chain of dependent loads; summing
+// every bin instead of the union: ~4 us at per-head GQA 32K, NOTES v11.) Used for one row per block (MHA, shared GQA).
+template <int R>
+__device__ __forceinline__ void block_cuts(const CountSpan* spans, const uint16_t* cin, int pitch, int bins, int C,
+                                           int64_t need, uint32_t* tot, int* cuts) {
+  __shared__ int ulo[R], uhi[R];
+  __shared__ uint32_t mid[R];
+  if (threadIdx.x < R) {
+    const int r = threadIdx.x;
+    int lo = bins, hi = 0;
+    uint32_t m = 0;
+    for (int c = 0; c < C; ++c) {
+      const CountSpan sp = spans[c * R + r];
+      m += sp.total;
+      if (sp.total > 0) lo = min(lo, int(sp.lo_hi & 0xffffu)), hi = max(hi, int(sp.lo_hi >> 16));
+    }
+    ulo[r] = lo, uhi[r] = hi, mid[r] = m;
+    cuts[r] = need == 0 ? 0 : int64_t(m) < need ? bins - 1 : -1;  // -1: found below
+  }
+  __syncthreads();
+  uint32_t todo = 0;  // rows whose cut is searched (read before any thread writes a cut below)
 #pragma unroll
-    for (int c = 0; c < kMaxCluster; ++c) v[c] = c < C ? cluster.map_shared_rank(cum_row, c)[j] : 0u;
+  for (int r = 0; r < R; ++r) todo |= uint32_t(cuts[r] < 0) << r;
+#pragma unroll 1
+  for (int r = 0; r < R; ++r) {
+    if (!(todo >> r & 1u)) continue;
+    for (int j = ulo[r] + int(threadIdx.x); j < uhi[r]; j += kThreads) {
+      uint32_t t = 0;
+      for (int c = 0; c < C; ++c) t += spans[c * R + r].at(cin + (c * R + r) * pitch, j);
+      tot[r * bins + j] = t;
+    }
+  }
+  __syncthreads();
+#pragma unroll 1
+  for (int r = 0; r < R; ++r) {
+    if (!(todo >> r & 1u)) continue;
+    const int lo = ulo[r], hi = uhi[r];
+    auto total_at = [&](int j) { return j < lo ? 0u : j >= hi ? mid[r] : tot[r * bins + j]; };
+    // need > 0 here, and the middle holds at least need: exactly one bin j in [max(1, lo), hi] qualifies.
+    for (int j = max(1, lo) + int(threadIdx.x); j <= hi; j += kThreads)
+      if (int64_t(total_at(j)) >= need && int64_t(total_at(j - 1)) < need) cuts[r] = j - 1;
+  }
+}
+
+// Warp-wide, the same cut for one row by a 32-way search over the totals (C loads per probe): per-head GQA takes this,
+// where block_cuts over its R = G rows was ~2 us slower (NOTES v11).
+__device__ __forceinline__ int search_cut(const CountSpan* spans, const uint16_t* in_row, int stride, int pitch,
+                                          int bins, int C, int64_t need) {
+  const int lane = threadIdx.x & 31, nb = bins - 1;
+  auto total_at = [&](int j) {  // sum over the cluster of cum[j]
     uint32_t s = 0;
-#pragma unroll
-    for (int c = 0; c < kMaxCluster; ++c) s += v[c];
+#pragma unroll 4
+    for (int c = 0; c < C; ++c) s += spans[c * stride].at(in_row + c * stride * pitch, j);
     return s;
   };
-  const uint32_t mid_all = warp_sum(lane < C ? cluster.map_shared_rank(cum_row, lane)[nb] : 0u);
-  int cut = nb;  // keep every middle token
-  if (int64_t(mid_all) >= need) {
-    int lo = 1, hi = nb;  // the smallest j in [lo, hi] with total_at(j) >= need; total_at(hi) >= need
-    while (lo < hi) {
-      const int step = (hi - lo + 30) / 31;
-      const int j = min(hi, lo + lane * step);  // lane 31 probes hi
-      const uint32_t ok = __ballot_sync(0xffffffffu, int64_t(total_at(j)) >= need);
-      const int f = __ffs(int(ok)) - 1;
-      const int jf = __shfl_sync(0xffffffffu, j, f), jp = __shfl_sync(0xffffffffu, j, max(f - 1, 0));
-      lo = f == 0 ? jf : jp + 1;
-      hi = jf;
-    }
-    cut = lo - 1;
+  const uint32_t mid_all = warp_sum(lane < C ? spans[lane * stride].total : 0u);
+  if (int64_t(mid_all) < need) return nb;  // keep every middle token
+  int lo = 1, hi = nb;  // the smallest j in [lo, hi] with total_at(j) >= need; total_at(hi) >= need
+  while (lo < hi) {
+    const int step = (hi - lo + 30) / 31;
+    const int j = min(hi, lo + lane * step);  // lane 31 probes hi
+    const uint32_t ok = __ballot_sync(0xffffffffu, int64_t(total_at(j)) >= need);
+    const int f = __ffs(int(ok)) - 1;
+    const int jf = __shfl_sync(0xffffffffu, j, f), jp = __shfl_sync(0xffffffffu, j, max(f - 1, 0));
+    lo = f == 0 ? jf : jp + 1;
+    hi = jf;
   }
+  return lo - 1;
+}
+
+// Warp-wide, given a row's cut: this block's prefix of kept and tie tokens in the row, and its number of selected
+// tokens (the C blocks' counts of the row as in block_cuts: spans[c * stride], entries at in_row + c * stride * pitch).
+__device__ __forceinline__ RowCut row_cut(int cut, const CountSpan* spans, const uint16_t* in_row, int stride,
+                                          int pitch, int bins, int C, int rank, int64_t need, int64_t forced_pre,
+                                          int64_t forced_own, int len) {
+  const int lane = threadIdx.x & 31, nb = bins - 1;
+  auto cum_of = [&](int c, int j) { return spans[c * stride].at(in_row + c * stride * pitch, j); };
   // Lane c: block c's tokens below the cut and at it.
   uint32_t below = 0, ties = 0;
   if (lane < C) {
-    const uint32_t* cr = cluster.map_shared_rank(cum_row, lane);
-    below = cr[cut];
-    ties = cut < nb ? cr[cut + 1] - below : 0u;
+    below = cum_of(lane, cut);
+    ties = cut < nb ? cum_of(lane, cut + 1) - below : 0u;
   }
   const uint32_t below_all = warp_sum(below), ties_all = warp_sum(ties);
   const uint32_t a_pre = warp_sum(lane < rank ? below : 0u), e_pre = warp_sum(lane < rank ? ties : 0u);
@@ -190,7 +261,7 @@ __device__ __forceinline__ RowCut find_row_cut(const uint32_t* cum_row, int bins
   return rc;
 }
 // (Run 5 tried the cluster's totals of every entry in local shared memory, one round of C x bins remote loads, then a
-// local search: slower, MHA 32K select 27.4 -> 28.3 us, GQA 32K shared 16.8 -> 19.7.)
+// local search: slower, MHA 32K select 27.4 -> 28.3 us, GQA 32K shared 16.8 -> 19.7. v11 has the counts pushed.)
 
 // Exclusive scan, in place, of each of the R histogram rows (bins entries each): cum[i] = middle tokens below bin i.
 template <int R>
@@ -235,8 +306,21 @@ __device__ __forceinline__ void compact_block_rows(const uint16_t* dist, int tma
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
     token_kinds<int>(w, g * 8, len, mid_lo, mid_hi, rc.cut, km, tm);
   };
+  // The counting pass keeps the kinds of its first kCached groups (km | tm << 8) in registers for the placing pass,
+  // which otherwise ran token_kinds on every group a second time (~40% of the compaction's instructions, Nsight
+  // Compute at MHA 32K: NOTES v10.2). MHA 32K has 3 groups per thread, per-head GQA 32K 2; more than kCached are
+  // recomputed. (8 cost short contexts ~0.5 us, where most threads have no group: NOTES v11.)
+  constexpr int kCached = 4;
+  uint32_t cached[kCached];
   uint32_t cnt = 0;
-  for (int g = g0; g < g1; ++g) {
+#pragma unroll
+  for (int k = 0; k < kCached; ++k) {
+    uint32_t km = 0, tm = 0;
+    if (g0 + k < g1) kinds(g0 + k, km, tm);
+    cached[k] = km | (tm << 8);
+    cnt += uint32_t(__popc(km)) | (uint32_t(__popc(tm)) << 16);
+  }
+  for (int g = g0 + kCached; g < g1; ++g) {
     uint32_t km, tm;
     kinds(g, km, tm);
     cnt += uint32_t(__popc(km)) | (uint32_t(__popc(tm)) << 16);
@@ -250,10 +334,8 @@ __device__ __forceinline__ void compact_block_rows(const uint16_t* dist, int tma
     out[slot] = int32_t(t_begin + local);
     if (list != nullptr && slot - first < uint32_t(lcap)) list[slot - first] = uint16_t(local);
   };
-  for (int g = g0; g < g1; ++g) {
-    uint32_t km, tm;
-    kinds(g, km, tm);
-    for (uint32_t m = km | (tm << 8); m != 0;) {  // in token order (bit k: kept, bit 8 + k: tie)
+  auto place_group = [&](int g, uint32_t m) {  // in token order (bit k: kept, bit 8 + k: tie)
+    while (m != 0) {
       const int k = __ffs(int((m | (m >> 8)) & 0xffu)) - 1;
       if (m >> k & 1u) {
         place(a + (e > skip ? e - skip : 0u), g * 8 + k);
@@ -264,6 +346,14 @@ __device__ __forceinline__ void compact_block_rows(const uint16_t* dist, int tma
       }
       m &= ~((1u << k) | (1u << (8 + k)));
     }
+  };
+#pragma unroll
+  for (int k = 0; k < kCached; ++k)
+    if (cached[k] != 0) place_group(g0 + k, cached[k]);  // zero: past g1, or nothing selected
+  for (int g = g0 + kCached; g < g1; ++g) {
+    uint32_t km, tm;
+    kinds(g, km, tm);
+    place_group(g, km | (tm << 8));
   }
 }
 
@@ -554,14 +644,34 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   uint32_t* qw_s = reinterpret_cast<uint32_t*>(dsm + L::qw(p.bins));
   uint16_t* dist = reinterpret_cast<uint16_t*>(dsm + L::dist(p.bins));
   uint16_t* lists = ATTEND ? reinterpret_cast<uint16_t*>(dsm + L::list(p.bins, p.tmax)) : nullptr;
-  float* wpart = reinterpret_cast<float*>(dsm + L::wpart(p.bins, p.tmax, p.lcap));
+  uint16_t* cin = reinterpret_cast<uint16_t*>(dsm + L::wpart(p.bins, p.tmax, p.lcap));  // the counts' inbox
+  float* wpart = reinterpret_cast<float*>(dsm + L::wpart(p.bins, p.tmax, p.lcap));      // after the inbox was read
+  uint8_t* ring = dsm + L::ring(p.bins, p.tmax, p.lcap, C, ATTEND);
+  float* inbox = reinterpret_cast<float*>(ring);  // the merge's, once every block's distance pass is over (below)
   __shared__ uint32_t warp_sums[kWarps];
   __shared__ RowCut rcs[R];
+  // Completion of this block's inboxes: [0] the C blocks' count spans, [2] the counts in them, [1] the partials of the
+  // query heads it merges.
+  __shared__ __align__(8) uint64_t landed[3];
+  static_assert(R <= 4, "spans holds 4 rows per block");
+  __shared__ CountSpan spans[kMaxCluster * 4];  // [C][R]
+  __shared__ uint32_t span_sums[R];             // lo | hi << 16 of this block's rows
+  const int pitch = L::pitch(p.bins);
+  int merged_here = 0;  // query heads of the cluster this block merges (slot s goes to rank s % C)
+  for (int s = rank; s < G; s += C) ++merged_here;
+  if (tid < R) span_sums[tid] = 0;
+  if (tid == 0) {
+    for (int i = 0; i < 3; ++i) mbarrier_init(&landed[i], 1);
+    mbarrier_expect_tx(&landed[0], unsigned(C * R * 8));  // arrives: the phase ends when the bytes have landed
+    if (ATTEND && merged_here > 0) mbarrier_expect_tx(&landed[1], unsigned(merged_here * C * (D + 2) * 4));
+    mbarrier_init_fence();
+  }
+  // Publishes the initialisations; the matching wait comes after the distance pass, so no block waits at entry.
+  cluster_arrive_relaxed();
 
   int64_t s0, tail;
   s0 = min(int64_t(p.sink), n);
   tail = max(s0, n - int64_t(max(p.window, 1)));
-  uint8_t* ring = dsm + L::ring(p.bins, p.tmax, p.lcap, ATTEND);
   if constexpr (kMmaDistances<G>) {
     distance_pass_mma_ring<D, G, SHARED>(p, b, kvh, t_begin, len, s0, tail, qw_s, dist, cum, ring);
   } else {
@@ -573,19 +683,83 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   }
   __syncthreads();
   histograms_to_cumulative<R>(cum, p.bins, warp_sums);
+  __syncthreads();
+  // Each row's span: lo = entries of cum that are 0, hi = entries below the row's total (cum is non-decreasing).
+  for (int r = 0; r < R; ++r) {
+    const uint32_t* cr = cum + r * p.bins;
+    const uint32_t total = cr[p.bins - 1];
+    uint32_t zeros = 0, below = 0;
+    for (int j = tid; j < p.bins; j += kThreads) zeros += cr[j] == 0u, below += cr[j] < total;
+    zeros = warp_sum(zeros), below = warp_sum(below);
+    if ((tid & 31) == 0 && (zeros | below) != 0) atomicAdd(&span_sums[r], zeros | below << 16);
+  }
+  __syncthreads();
   ADAMAS_STAMP(p.stamps, 2);
-  cluster.sync();  // every block's cumulative counts are complete and visible to the cluster
+  // Every block has initialised its barriers. Push this block's counts to every block: per row its span (8 bytes,
+  // counted on the receiver's landed[0]) and the entries in it as u16 (16-byte pieces, on landed[2]), into row
+  // [rank][r] of the receiver's inbox. No block reads another's shared memory, so none waits for another to leave it.
+  // (v9-v10.2: cluster.sync, then the cut search read the others' counts remotely: a GPU-scope membar and DSMEM
+  // latency per search step, NOTES v10.2. Pushing the whole rows cost shared GQA ~1 us: 49 KB per block at C = 16.)
+  cluster_wait();
+  {
+    CountSpan mine[R];
+    int first[R + 1];  // the rows' first pieces in this block's list
+    first[0] = 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint32_t lh = span_sums[r];
+      mine[r] = CountSpan{lh, cum[r * p.bins + p.bins - 1]};
+      first[r + 1] = first[r] + mine[r].pieces();
+    }
+    if (tid < C * R) {
+      const int c = tid / R, r = tid % R;
+      st_async_v2(cluster_addr(&spans[rank * R + r], c), __uint_as_float(mine[r].lo_hi), __uint_as_float(mine[r].total),
+                  cluster_addr(&landed[0], c));
+    }
+    for (int i = tid; i < C * first[R]; i += kThreads) {
+      const int c = i / first[R], k = i % first[R];
+      int r = 0;
+#pragma unroll
+      for (int q = 1; q < R; ++q) r += k >= first[q];
+      const int j0 = (int(mine[r].lo_hi & 0xffffu) / 8 + k - first[r]) * 8;
+      const uint32_t* cr = cum + r * p.bins;
+      uint32_t w[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + 2 * q;
+        w[q] = (j < p.bins ? cr[j] : 0u) | (j + 1 < p.bins ? cr[j + 1] << 16 : 0u);
+      }
+      st_async_v4(cluster_addr(cin + (rank * R + r) * pitch + j0, c), make_uint4(w[0], w[1], w[2], w[3]),
+                  cluster_addr(&landed[2], c));
+    }
+  }
+  mbarrier_wait_parity(&landed[0], 0);  // the spans: how many bytes of entries to expect
+  if (warp == 0) {
+    int pieces = 0;
+    for (int i = tid; i < C * R; i += 32) pieces += spans[i].pieces();
+    pieces = int(warp_sum(uint32_t(pieces)));
+    // Entries may land before this: the transaction count goes negative until then, and the pending arrival keeps
+    // the phase open.
+    if (tid == 0) mbarrier_expect_tx(&landed[2], unsigned(pieces * 16));
+  }
+  mbarrier_wait_parity(&landed[2], 0);
   ADAMAS_STAMP(p.stamps, 3);
 
   // Need: middle tokens to keep beside the forced ones (n <= budget: more than the middle holds, all kept).
   const int64_t need = max(int64_t(0), int64_t(p.budget) - s0 - (n - tail));
   const int64_t f_pre = forced_before(t_begin, s0, tail);
   const int64_t f_own = forced_before(t_begin + len, s0, tail) - f_pre;
+  __shared__ int cuts[R];
+  if constexpr (R == 1) {
+    __syncthreads();  // every thread's pushes have read cum: block_cuts writes the totals over it
+    block_cuts<R>(spans, cin, pitch, p.bins, C, need, cum, cuts);
+    __syncthreads();
+  }
   if (warp < R) {
-    const RowCut rc = find_row_cut(cum + warp * p.bins, p.bins, C, rank, need, f_pre, f_own, len);
+    const int cut = R == 1 ? cuts[0] : search_cut(spans + warp, cin + warp * pitch, R, pitch, p.bins, C, need);
+    const RowCut rc = row_cut(cut, spans + warp, cin + warp * pitch, R, pitch, p.bins, C, rank, need, f_pre, f_own, len);
     if ((tid & 31) == 0) rcs[warp] = rc;
   }
-  if constexpr (!ATTEND) cluster.barrier_arrive();  // done reading the others' counts (they may exit after the wait)
   __syncthreads();
   ADAMAS_STAMP(p.stamps, 4);
 
@@ -625,7 +799,6 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
       ADAMAS_STAMP(p.stamps, 6);
     }
 #endif
-    cluster.barrier_wait();
     ADAMAS_STAMP(p.stamps, 7);
     return;
   } else {
@@ -633,30 +806,31 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
     attend_block<D, G, SHARED, T>(p, b, kvh, t_begin, lists, rcs, wpart);
     __syncthreads();
     // The block's partial per query head of the cluster (slot s: head kvh * G + s), from the warps of its row, pushed
-    // into the inbox of the block that merges slot s (rank s % C) at entry [rank][s]. (v9-v10 kept it here, and the
-    // merging block read the C partials across the cluster after a barrier, with a second barrier before exiting.)
-    float* inbox = reinterpret_cast<float*>(ring);  // the ring is idle: every chunk it was given has been read
-    constexpr int NSUB = kWarps / R;
-    for (int i = tid; i < G * D; i += kThreads) {
-      const int s = i / D, col = i % D, r = SHARED ? 0 : s, h = SHARED ? s : 0;
+    // into the inbox of the block that merges slot s (rank s % C) at entry [rank][s], two floats per store, counted on
+    // its landed[1]. The inbox is in the receiver's ring, idle since its distance pass ended: its counts reached this
+    // block before the cut, and it pushed them after its pass. (v10.2 pushed with plain remote stores and a cluster
+    // barrier; v9-v10 pulled after one and kept every block alive to a second.)
+    constexpr int NSUB = kWarps / R, PAIRS = D / 2 + 1;  // pair D / 2: (max, weight sum)
+    for (int i = tid; i < G * PAIRS; i += kThreads) {
+      const int s = i / PAIRS, k = i % PAIRS, r = SHARED ? 0 : s, h = SHARED ? s : 0;
       float M = -INFINITY;
 #pragma unroll
-      for (int k = 0; k < NSUB; ++k) M = fmaxf(M, wpart[((r + k * R) * QH + h) * (D + 2) + D]);
-      float Lsum = 0.0f, A = 0.0f;
+      for (int u = 0; u < NSUB; ++u) M = fmaxf(M, wpart[((r + u * R) * QH + h) * (D + 2) + D]);
+      float x0 = 0.0f, x1 = 0.0f;  // the pair's weighted sums: V columns 2k, 2k + 1, or the weight sum
 #pragma unroll
-      for (int k = 0; k < NSUB; ++k) {
-        const float* wp = wpart + ((r + k * R) * QH + h) * (D + 2);
+      for (int u = 0; u < NSUB; ++u) {
+        const float* wp = wpart + ((r + u * R) * QH + h) * (D + 2);
         const float w = merge_weight(wp[D], M);
-        Lsum = fmaf(w, wp[D + 1], Lsum), A = fmaf(w, wp[col], A);
+        if (k < D / 2) x0 = fmaf(w, wp[2 * k], x0), x1 = fmaf(w, wp[2 * k + 1], x1);
+        else x1 = fmaf(w, wp[D + 1], x1);
       }
-      float* cp = cluster.map_shared_rank(inbox, s % C) + (rank * G + s) * (D + 2);
-      cp[col] = A;
-      if (col == 0) cp[D] = M, cp[D + 1] = Lsum;
+      if (k == D / 2) x0 = M;
+      st_async_v2(cluster_addr(inbox + (rank * G + s) * (D + 2) + 2 * k, s % C), x0, x1,
+                  cluster_addr(&landed[1], s % C));
     }
     ADAMAS_STAMP(p.stamps, 6);
-    // Every partial is in its merger's inbox, and no block reads another's shared memory after this barrier: blocks
-    // that merge nothing exit.
-    cluster.sync();
+    if (merged_here == 0) return;  // nothing reads this block's shared memory any more
+    mbarrier_wait_parity(&landed[1], 0);
     for (int i = tid; i < G * D; i += kThreads) {
       const int s = i / D, col = i % D;
       if (s % C != rank) continue;
@@ -765,7 +939,7 @@ Shape choose_shape(const BatchInputs& in, const AttentionConfig& config, const B
     bool ok = dispatch(D, G, shared, k0.dtype, [&]<int DD, int GG, bool SH, class T>() {
       // One block per SM: 512 threads at more than 64 registers each leave no room for a second block. (Run 2 asked
       // for half an SM's shared memory to force it; ADAMAS_CUDA_CLUSTER_PAD=1 still does, for A/B.)
-      s.smem = Layout<DD, GG, SH>::total(s.bins, s.tmax, s.lcap, attend);
+      s.smem = Layout<DD, GG, SH>::total(s.bins, s.tmax, s.lcap, C, attend);
       if (pad) s.smem = std::max(s.smem, size_t(max_smem_optin()) / 2 + 1024);
       const int max_dynamic = attend ? prepare_kernel<DD, GG, SH, T, true>() : prepare_kernel<DD, GG, SH, __half, false>();
       const void* k = attend ? kernel_ptr<DD, GG, SH, T, true>() : kernel_ptr<DD, GG, SH, __half, false>();

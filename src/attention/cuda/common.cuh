@@ -119,6 +119,30 @@ __device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, unsigned par
                  : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
 }
 
+// ---- thread-block clusters (sm_90): pushes into another block's shared memory ---------------------------------
+// cooperative_groups' cluster.sync() is barrier.cluster.arrive (release) + wait (acquire): ptxas emits a GPU-scope
+// MEMBAR before the barrier and an L1 invalidation after it (~0.5 us of stalls each time at MHA 32K, NOTES v10.2).
+// A relaxed arrive orders nothing; pair it with fence.mbarrier_init where it publishes barrier initialisations.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+// The shared::cluster address of p (a shared variable of this block) in block `rank` of the cluster.
+__device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
+  unsigned a;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(smem_addr(p)), "r"(rank));
+  return a;
+}
+// Asynchronous stores into (possibly) another block's shared memory, counted on that block's mbarrier (bar, an address
+// from cluster_addr in the same block as dst) as bytes of complete_tx: the receiver waits on its own barrier, and no
+// cluster barrier or memory fence is needed to see the data. dst: 16 (v4) or 8 (v2) byte aligned.
+__device__ __forceinline__ void st_async_v4(unsigned dst, uint4 v, unsigned bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n"
+               ::"r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(bar) : "memory");
+}
+__device__ __forceinline__ void st_async_v2(unsigned dst, float a, float b, unsigned bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n"
+               ::"r"(dst), "f"(a), "f"(b), "r"(bar) : "memory");
+}
+
 // ---- dtype helpers ------------------------------------------------------------------------------------------
 
 template <class T>
