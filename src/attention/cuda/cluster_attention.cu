@@ -148,14 +148,21 @@ struct RowCut {
 struct alignas(8) CountSpan {
   uint32_t lo_hi;  // lo | hi << 16
   uint32_t total;
-  __device__ uint32_t at(const uint16_t* row, int j) const {
-    return j < int(lo_hi & 0xffffu) ? 0u : j >= int(lo_hi >> 16) ? total : uint32_t(row[j]);
-  }
+  __device__ int lo() const { return int(lo_hi & 0xffffu); }
+  __device__ int hi() const { return int(lo_hi >> 16); }
+  __device__ uint32_t at(const uint16_t* row, int j) const { return j < lo() ? 0u : j >= hi() ? total : uint32_t(row[j]); }
   __device__ int pieces() const {  // 16-byte pieces (8 entries) covering [lo, hi)
-    const int lo = int(lo_hi & 0xffffu) / 8, hi = (int(lo_hi >> 16) + 7) / 8;
-    return max(0, hi - lo);
+    const int l = lo() / 8, h = (hi() + 7) / 8;
+    return max(0, h - l);
   }
 };
+
+// Block c's cum[j] of one row in a block's counts inbox: the row's spans at spans[c * stride] and entries at
+// in_row + c * stride * pitch (stride: the rows per block, R).
+__device__ __forceinline__ uint32_t inbox_cum(const CountSpan* spans, const uint16_t* in_row, int stride, int pitch,
+                                              int c, int j) {
+  return spans[c * stride].at(in_row + c * stride * pitch, j);
+}
 
 // Block-wide, once the C blocks' counts have landed in this block's inbox (block c's row r: spans[c * R + r], entries
 // at cin + (c * R + r) * pitch): each row's cut-off into cuts[r]. The cut: the smallest bin c with tot[c + 1] >= need,
@@ -177,7 +184,7 @@ __device__ __forceinline__ void block_cuts(const CountSpan* spans, const uint16_
     for (int c = 0; c < C; ++c) {
       const CountSpan sp = spans[c * R + r];
       m += sp.total;
-      if (sp.total > 0) lo = min(lo, int(sp.lo_hi & 0xffffu)), hi = max(hi, int(sp.lo_hi >> 16));
+      if (sp.total > 0) lo = min(lo, sp.lo()), hi = max(hi, sp.hi());
     }
     ulo[r] = lo, uhi[r] = hi, mid[r] = m;
     cuts[r] = need == 0 ? 0 : int64_t(m) < need ? bins - 1 : -1;  // -1: found below
@@ -191,7 +198,7 @@ __device__ __forceinline__ void block_cuts(const CountSpan* spans, const uint16_
     if (!(todo >> r & 1u)) continue;
     for (int j = ulo[r] + int(threadIdx.x); j < uhi[r]; j += kThreads) {
       uint32_t t = 0;
-      for (int c = 0; c < C; ++c) t += spans[c * R + r].at(cin + (c * R + r) * pitch, j);
+      for (int c = 0; c < C; ++c) t += inbox_cum(spans + r, cin + r * pitch, R, pitch, c, j);
       tot[r * bins + j] = t;
     }
   }
@@ -215,7 +222,7 @@ __device__ __forceinline__ int search_cut(const CountSpan* spans, const uint16_t
   auto total_at = [&](int j) {  // sum over the cluster of cum[j]
     uint32_t s = 0;
 #pragma unroll 4
-    for (int c = 0; c < C; ++c) s += spans[c * stride].at(in_row + c * stride * pitch, j);
+    for (int c = 0; c < C; ++c) s += inbox_cum(spans, in_row, stride, pitch, c, j);
     return s;
   };
   const uint32_t mid_all = warp_sum(lane < C ? spans[lane * stride].total : 0u);
@@ -239,7 +246,7 @@ __device__ __forceinline__ RowCut row_cut(int cut, const CountSpan* spans, const
                                           int pitch, int bins, int C, int rank, int64_t need, int64_t forced_pre,
                                           int64_t forced_own, int len) {
   const int lane = threadIdx.x & 31, nb = bins - 1;
-  auto cum_of = [&](int c, int j) { return spans[c * stride].at(in_row + c * stride * pitch, j); };
+  auto cum_of = [&](int c, int j) { return inbox_cum(spans, in_row, stride, pitch, c, j); };
   // Lane c: block c's tokens below the cut and at it.
   uint32_t below = 0, ties = 0;
   if (lane < C) {
@@ -721,7 +728,7 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
       int r = 0;
 #pragma unroll
       for (int q = 1; q < R; ++q) r += k >= first[q];
-      const int j0 = (int(mine[r].lo_hi & 0xffffu) / 8 + k - first[r]) * 8;
+      const int j0 = (mine[r].lo() / 8 + k - first[r]) * 8;
       const uint32_t* cr = cum + r * p.bins;
       uint32_t w[4];
 #pragma unroll
