@@ -30,6 +30,14 @@ bool device_available();
 // Human-readable name of device 0 ("" when none).
 const char* device_name();
 
+// The thread-block cluster sizes of the kernels this thread launched since the last call, in launch order, as a hash
+// (0: no cluster launch). For owners of CUDA graphs: cudaGraphExecUpdate takes a captured kernel's new grid but keeps
+// the cluster size the executable graph was instantiated with, and a cluster kernel run with a cluster size other than
+// the one it was launched for computes garbage or waits forever (session 12: the engine's batch test hung when a
+// step's selection moved from clusters of 16 to 9). A step whose key differs from the executable graph's must be
+// instantiated anew instead of updated.
+uint64_t take_cluster_launch_key();
+
 // Throws adamas::Error (kind unsupported) naming `what` when err != cudaSuccess.
 void check_cuda(cudaError_t err, const char* what);
 

@@ -795,6 +795,32 @@ TEST(CudaDecode, ClusterPathMatchesCpu) {
   }
 }
 
+// take_cluster_launch_key: the same call gives the same nonzero key, a batch whose selection runs in clusters of
+// another size (the size follows the number of (sequence, KV head) clusters) another. The GPU engine instantiates its
+// step graph anew on that change, since cudaGraphExecUpdate would keep the old cluster size (the kernel would hang).
+TEST(CudaDecode, ClusterLaunchKeyFollowsTheClusterSize) {
+  SKIP_WITHOUT_GPU();
+  SEEDED_RNG(rng);
+  AttentionConfig cfg;
+  cfg.method = Method::adamas, cfg.budget = 256;
+  cfg.thresholds = {-0.6f, 0.0f, 0.6f};
+  const Batch one({128, 8, 8, DType::f16, {20000}, 1.0, 0}, rng, cfg.thresholds);
+  const Batch three({128, 8, 8, DType::f16, {20000, 9000, 15000}, 1.0, 0}, rng, cfg.thresholds);
+  ASSERT_TRUE(cuda::detail::cluster_selected(one.inputs(), cfg, true));
+  ASSERT_TRUE(cuda::detail::cluster_selected(three.inputs(), cfg, true));
+  cuda::Workspace ws;
+  auto key_of = [&](const Batch& bt) {
+    (void)cuda::take_cluster_launch_key();
+    (void)gpu_decode(bt, cfg, ws);
+    return cuda::take_cluster_launch_key();
+  };
+  const uint64_t k1 = key_of(one), k3 = key_of(three);
+  EXPECT_NE(k1, 0u);
+  EXPECT_EQ(key_of(one), k1);
+  EXPECT_NE(k3, k1) << "8 clusters (at most 16 blocks each) and 24 (at most 5) gave the same key";
+  EXPECT_EQ(cuda::take_cluster_launch_key(), 0u) << "the key was not reset";
+}
+
 // The stream kernel's distance pass on its own (its u16 scratch against the CPU's l1_distances), then its selection,
 // with the default grid and with 1 and 3 blocks (rows done by one block, or a few blocks in every interleaving).
 TEST(CudaDecode, StreamDistancesMatchCpu) {

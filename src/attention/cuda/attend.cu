@@ -346,6 +346,7 @@ bool launch_dgt(const AttendParams& p, dim3 grid, cudaStream_t stream, bool prob
     attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
     ++cfg.numAttrs;
   }
+  note_cluster_launch(cfg);
   check_cuda(cudaLaunchKernelEx(&cfg, attend_kernel<D, G, T>, p), "attend kernel launch");
   return true;
 }

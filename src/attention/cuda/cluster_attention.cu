@@ -637,6 +637,9 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   using L = Layout<D, G, SHARED>;
   cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  // C is the launch's cluster size (a constant-bank load). Run with any other than the one it was launched for (a CUDA
+  // graph updated in place keeps its instantiated size), the pushes below wait forever: take_cluster_launch_key. (A
+  // trap on C != gridDim.x here moved the MHA kernel's register allocation, +123 instructions: not kept.)
   const int b = blockIdx.z, kvh = blockIdx.y;
   const int64_t n = p.bd.seq[b].n;
   const int64_t per_block = ((n + C - 1) / C + 7) / 8 * 8;
@@ -986,6 +989,7 @@ void launch(const ClusterParams& p, const Shape& s, cudaStream_t stream) {
                   s.tmax, s.smem);
     verbose_print(line);
   }
+  note_cluster_launch(cfg);
   check_cuda(cudaLaunchKernelEx(&cfg, cluster_kernel<D, G, SH, T, AT>, p), "cluster attention launch");
 }
 

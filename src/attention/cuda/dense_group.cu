@@ -521,6 +521,7 @@ void launch(const DenseGroupParams<NB>& p, const void* kernel, dim3 grid, int cl
   cudaLaunchConfig_t cfg = cluster_launch_config(grid, kThreads, cluster, smem, stream, attr);
   cfg.numAttrs = cluster > 1 ? 1 : 0;
   void* args[] = {const_cast<DenseGroupParams<NB>*>(&p)};
+  note_cluster_launch(cfg);
   check_cuda(cudaLaunchKernelExC(&cfg, kernel, args), "dense group attention kernel launch");
 }
 

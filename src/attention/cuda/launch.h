@@ -24,6 +24,8 @@ struct RowInfo {
 std::vector<BatchDesc> make_batches(const BatchInputs& in, bool need_codes, const char* where);
 
 // Launch configuration of `grid` (blocks of `threads`) in clusters of C blocks along x; attr: room for one.
+// Every launch with a cluster attribute goes through note_cluster_launch(cfg) just before it (take_cluster_launch_key).
+void note_cluster_launch(const cudaLaunchConfig_t& cfg);
 cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int C, size_t smem, cudaStream_t stream,
                                          cudaLaunchAttribute* attr);
 // Most clusters of C blocks of `kernel` (its attributes already set) resident at once at `smem` bytes of dynamic

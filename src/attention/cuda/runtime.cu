@@ -28,6 +28,16 @@ const char* device_name() {
   return name.c_str();
 }
 
+namespace {
+thread_local uint64_t cluster_key = 0;  // detail::note_cluster_launch, take_cluster_launch_key
+}
+
+uint64_t take_cluster_launch_key() {
+  const uint64_t k = cluster_key;
+  cluster_key = 0;
+  return k;
+}
+
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
     ::adamas::cuda::detail::raise(ErrorKind::unsupported, what, ": CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
@@ -98,6 +108,15 @@ void ensure(void** ptr, size_t* have, size_t bytes, bool zero) {
   check_cuda(cudaMalloc(ptr, bytes), "workspace: cudaMalloc");
   if (zero) check_cuda(cudaMemset(*ptr, 0, bytes), "workspace: cudaMemset");
   *have = bytes;
+}
+
+void note_cluster_launch(const cudaLaunchConfig_t& cfg) {
+  for (unsigned i = 0; i < cfg.numAttrs; ++i) {
+    if (cfg.attrs[i].id != cudaLaunchAttributeClusterDimension) continue;
+    const auto& d = cfg.attrs[i].val.clusterDim;
+    for (uint64_t v : {uint64_t(d.x), uint64_t(d.y), uint64_t(d.z)})  // FNV-1a over the sizes, in launch order
+      cluster_key = (cluster_key ^ (v + 1)) * 0x100000001b3ull;
+  }
 }
 
 cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int C, size_t smem, cudaStream_t stream,

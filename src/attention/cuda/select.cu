@@ -833,6 +833,7 @@ bool launch_fused_t(const FusedParams& p, int C, size_t smem, dim3 grid, cudaStr
                   clusters, clusters * C);
     verbose_print(line);
   }
+  note_cluster_launch(cfg);
   check_cuda(cudaLaunchKernelEx(&cfg, fused_select_kernel<D, G, SH>, p), "fused select launch");
   return true;
 }

@@ -435,6 +435,7 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   cudaGraph_t graph = nullptr;
+  (void)cuda::take_cluster_launch_key();  // from here: this step's cluster launches
   check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal), "graph capture");
   try {
     enqueue_step(step, batch);
@@ -451,6 +452,15 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
   }
   check(cudaStreamEndCapture(stream_, &graph), "graph capture");
   const int k = int(graph_steps_ % 2);
+  // An update keeps the instantiated cluster sizes (cuda_attention.h): a step whose attention launches clusters of
+  // other sizes (the selection's cluster size follows the batch and the longest sequence) is instantiated anew.
+  const uint64_t cluster_key = cuda::take_cluster_launch_key();
+  if (exec_[k] && exec_cluster_key_[k] != cluster_key) {
+    check(cudaEventSynchronize(done_[k]), "graph reuse");
+    cudaGraphExecDestroy(exec_[k]);
+    exec_[k] = nullptr;
+    ++graph_rebuilds_;
+  }
   if (exec_[k]) {
     const auto w0 = std::chrono::steady_clock::now();
     check(cudaEventSynchronize(done_[k]), "graph reuse");  // its previous launch has finished
@@ -463,6 +473,7 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
     }
   }
   if (!exec_[k]) check(cudaGraphInstantiate(&exec_[k], graph, 0), "graph instantiate");
+  exec_cluster_key_[k] = cluster_key;
   cudaGraphDestroy(graph);
   check(cudaGraphLaunch(exec_[k], stream_), "graph launch");
   check(cudaEventRecord(done_[k], stream_), "graph event");

@@ -118,6 +118,8 @@ class GpuEngine {
   int64_t cache_pages_created() const;
   int64_t graph_steps() const { return graph_steps_; }
   int64_t eager_steps() const { return eager_steps_; }
+  // Executable graphs instantiated anew because a step's cluster sizes changed (an update would keep the old ones).
+  int64_t graph_rebuilds() const { return graph_rebuilds_; }
   int64_t gemm_lt_calls() const { return lt_->calls(); }  // products of > 4 rows that ran through cuBLASLt
   // Host time spent enqueuing (capturing, updating and launching) graph steps, per step, in microseconds.
   double host_us_per_step() const { return graph_steps_ ? host_us_ / double(graph_steps_) : 0.0; }
@@ -190,8 +192,9 @@ class GpuEngine {
   int64_t last_rows_ = 0;
   // graphs: two executables, alternated so one is updated while the other may still run
   cudaGraphExec_t exec_[2] = {nullptr, nullptr};
+  uint64_t exec_cluster_key_[2] = {0, 0};  // cuda::take_cluster_launch_key() of the step each was instantiated from
   cudaEvent_t done_[2] = {nullptr, nullptr};
-  int64_t graph_steps_ = 0, eager_steps_ = 0;
+  int64_t graph_steps_ = 0, eager_steps_ = 0, graph_rebuilds_ = 0;
   double host_us_ = 0;
   // Quest / StreamingLLM / calibrated thresholds / sampling state (gpu_session_sparse.cpp)
   DeviceArena sparse_mem_;
