@@ -109,6 +109,10 @@ int main(int argc, char** argv) {
                    "sparse methods: a sequence shorter than this many tokens attends densely (0: off)")
       ->capture_default_str();
   bdec->add_option("--batch", bd.batch, "cuda: sequences per step")->delimiter(',')->capture_default_str();
+  bdec->add_option("--layers", bd.layers,
+                   "cuda: layer counts to run instead of the shape's (>= 3, increasing); two or more extrapolate the "
+                   "step time to the shape's count")
+      ->delimiter(',');
   bdec->add_option("-n,--tokens", bd.tokens, "decode steps per timed run")->capture_default_str();
   bdec->add_option("-r,--reps", bd.reps, "timed runs per row (median)")->capture_default_str();
   bdec->add_option("-t,--threads", bd.threads, "threads (0: all cores)")->capture_default_str();

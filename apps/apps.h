@@ -57,6 +57,10 @@ struct BenchDecodeArgs {
   int64_t budget = 128;
   int64_t dense_below = 0;         // sequences shorter than this attend densely (AttentionConfig::dense_below)
   std::vector<int64_t> batch{1};   // cuda: sequences decoded together
+  // cuda: run the shape with these layer counts instead of its own (weights and cache of only those layers). Two or
+  // more: the step time is extrapolated to the shape's own count, linear in the layers, from the two smallest
+  // counts; the larger counts are checks (predicted vs measured). For points whose cache exceeds the GPU.
+  std::vector<int64_t> layers;
   int64_t tokens = 32;             // decode steps timed per row
   int reps = 3;                    // repetitions per row (median)
   int threads = 0;                 // cpu: 0 = all cores

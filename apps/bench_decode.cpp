@@ -7,6 +7,7 @@
 // median run. So the timed steps sit at positions [c - reps * n, c). llama-bench: `-p 0 -n n -d c-n -r reps`,
 // whose steps sit at [c - n, c); its median of the per-repetition rates is reported.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <omp.h>
 
 #include <chrono>
@@ -131,6 +132,12 @@ std::optional<double> measure_llama(const std::string& bin, const std::string& m
 }  // namespace
 
 int bench_decode(const BenchDecodeArgs& a) {
+  for (size_t i = 0; i < a.layers.size(); ++i)
+    ADAMAS_CHECK_ARG(a.layers[i] >= 3 && (i == 0 || a.layers[i] > a.layers[i - 1]),
+                     "--layers {}: expected increasing counts of at least 3 (the 2 dense layers and a sparse one)",
+                     fmt::join(a.layers, ","));
+  ADAMAS_CHECK_ARG(a.layers.empty() || a.device == "cuda",
+                   "--layers: only with --device cuda (random weights at a shape; the CPU runs the model file)");
   if (a.device == "cuda") {
 #if defined(ADAMAS_HAVE_CUDA_ENGINE)
     return bench_decode_cuda(a);

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "adamas/cuda_attention.h"
@@ -48,6 +49,7 @@ struct Row {
   double tokens_per_s = 0;
   std::string note;
   std::string fusion = "all";  // the engine's fusions (A/B rows: another setting)
+  int64_t layers = 0;          // the model's layer count in this run (--layers: fewer than the shape's)
 };
 
 // ADAMAS_ENGINE_AB="none,-pdl,-norm,-swiglu,-rope,-ropegemv,-l2pf,-half,+l2late,+l2last,-lt,profile": extra settings
@@ -130,8 +132,8 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t dense_
       tps.push_back(double(batch * tokens) / s);
     }
     r.tokens_per_s = median(tps);
-    r.note = fmt::format("graph steps {}, eager {}, host {:.0f} us/step, cache {:.1f} GiB{}", e.graph_steps(),
-                         e.eager_steps(), e.host_us_per_step(), double(e.cache_bytes()) / double(1 << 30),
+    r.note = fmt::format("graph steps {} ({} instantiated anew), eager {}, host {:.0f} us/step, cache {:.1f} GiB{}",
+                         e.graph_steps(), e.graph_rebuilds(), e.eager_steps(), e.host_us_per_step(), double(e.cache_bytes()) / double(1 << 30),
                          o.paged ? " paged" : "");
     if (o.profile) r.note += "; " + profile_line(e.profile());
     if (!e.gemm_tuning().empty()) r.note += "; cuBLASLt " + e.gemm_tuning();
@@ -177,6 +179,44 @@ std::vector<Row> run_baseline(const ModelConfig& c, const BenchDecodeArgs& a) {
   return rows;
 }
 
+// --layers with two or more counts: every layer past the first two dense ones has the same shape and the same
+// cache, so a step's time is linear in the layer count, ms(L) = ms(A) + (L - A) x per_layer, with per_layer =
+// (ms(B) - ms(A)) / (B - A) from the two smallest counts A < B (both past the dense layers). The larger counts measured
+// are printed beside their prediction: the check of the linear model. The shape's own count is the extrapolated row.
+void print_extrapolation(const ModelConfig& c, const std::vector<int64_t>& counts, const std::vector<Row>& rows,
+                         nlohmann::json& out) {
+  const int64_t la = counts[0], lb = counts[1];
+  std::map<std::tuple<int64_t, int64_t, std::string>, std::map<int64_t, double>> ms;  // (batch, ctx, impl) -> layers
+  for (const Row& r : rows)
+    if (r.fusion == "all" && r.tokens_per_s > 0) ms[{r.batch, r.ctx, r.impl}][r.layers] = 1e3 * double(r.batch) / r.tokens_per_s;
+  fmt::print("\n== EXTRAPOLATED to {} layers ({}): ms/step(L) = ms({}) + (L - {}) x (ms({}) - ms({})) / {}; "
+             "measured counts beyond {} are the model's check\n", c.n_layers, c.name, la, la, lb, la, lb - la, lb);
+  fmt::print("{:>5} {:>7} {:>8} | {:>9} {:>9} {:>9} | {:>24} | {:>11} {:>10}\n", "batch", "ctx", "attn",
+             fmt::format("ms@{}", la), fmt::format("ms@{}", lb), "ms/layer", "check: predicted/measured",
+             fmt::format("ms@{}", c.n_layers), "tokens/s");
+  std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> predicted;  // (batch, ctx) -> impl -> tok/s
+  for (const auto& [key, by_count] : ms) {
+    const auto& [batch, ctx, impl] = key;
+    if (!by_count.count(la) || !by_count.count(lb)) continue;
+    const double per_layer = (by_count.at(lb) - by_count.at(la)) / double(lb - la);
+    auto at = [&](int64_t l) { return by_count.at(lb) + double(l - lb) * per_layer; };
+    std::string check;
+    for (const auto& [l, v] : by_count)
+      if (l > lb) check += fmt::format("{}{}: {:.2f}/{:.2f} ({:+.1f}%)", check.empty() ? "" : ", ", l, at(l), v,
+                                       100.0 * (at(l) - v) / v);
+    const double tps = 1e3 * double(batch) / at(c.n_layers);
+    predicted[{batch, ctx}][impl] = tps;
+    fmt::print("{:>5} {:>7} {:>8} | {:>9.2f} {:>9.2f} {:>9.3f} | {:>24} | {:>11.2f} {:>10.1f}\n", batch, ctx, impl,
+               by_count.at(la), by_count.at(lb), per_layer, check.empty() ? "-" : check, at(c.n_layers), tps);
+    out.push_back({{"shape", c.name}, {"batch", batch}, {"ctx", ctx}, {"impl", impl}, {"tokens_per_s", tps},
+                   {"layers", c.n_layers}, {"extrapolated_from", {la, lb}}, {"ms_per_layer", per_layer}});
+  }
+  for (const auto& [key, m] : predicted)
+    if (m.count("full") && m.count("adamas"))
+      fmt::print("# extrapolated adamas/full at batch {}, ctx {}: {:.2f}x\n", key.first, key.second,
+                 m.at("adamas") / m.at("full"));
+}
+
 }  // namespace
 
 int bench_decode_cuda(const BenchDecodeArgs& a) {
@@ -186,6 +226,11 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   std::vector<Method> methods;
   for (const std::string& m : a.attn) methods.push_back(parse_method(m.c_str()));  // every method runs on cuda
   const ModelConfig c = named_shape(a.shape.empty() ? "llama2-7b" : a.shape);
+  // --layers: the shape with fewer layers (each count its own random weights and cache), for points whose cache
+  // does not fit the GPU; the step time is then extrapolated to the shape's count (print_extrapolation).
+  const std::vector<int64_t> counts = a.layers.empty() ? std::vector<int64_t>{c.n_layers} : a.layers;
+  for (int64_t n : counts)
+    ADAMAS_CHECK_ARG(n <= c.n_layers, "--layers {}: the {} has {} layers", n, c.name, c.n_layers);
   gpu::require_supported_gpu();
   fmt::print("# decode on {}: {} (RANDOM f16 weights; {} layers, dim {}, ffn {}, {}/{} heads of {}, vocab {})\n",
              cuda::device_name(), c.name, c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab);
@@ -193,14 +238,18 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
              "runs of {} greedy steps; adamas: budget {}, first 2 layers dense{}\n", a.reps, a.tokens, a.budget,
              a.dense_below > 0 ? fmt::format(", dense below {} tokens", a.dense_below) : std::string());
   std::vector<Row> rows;
-  {
-    const gpu::GpuModel model = gpu::GpuModel::random(c, 1);
+  for (int64_t layers : counts) {
+    ModelConfig ci = c;
+    ci.n_layers = layers;
+    if (!a.layers.empty()) fmt::print("# {} of the shape's {} layers (--layers)\n", layers, c.n_layers);
+    const gpu::GpuModel model = gpu::GpuModel::random(ci, 1);
     fmt::print("{:>5} {:>7} {:>8} | {:>10} {:>9} | {}\n", "batch", "ctx", "attn", "tokens/s", "ms/step", "note");
     for (int64_t batch : a.batch)
       for (int64_t ctx : a.contexts)
         for (Method m : methods) {
           rows.push_back(measure(model, m, a.budget, a.dense_below, batch, ctx, a.tokens, a.reps));
-          const Row& r = rows.back();
+          Row& r = rows.back();
+          r.layers = layers;
           fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | {}\n", batch, ctx, r.impl, r.tokens_per_s,
                      r.tokens_per_s > 0 ? 1e3 * double(batch) / r.tokens_per_s : 0.0, r.note);
           std::fflush(stdout);
@@ -213,20 +262,26 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
         rows.push_back(measure(model, m, a.budget, a.dense_below, ab, actx, a.tokens, a.reps, fuse));
         Row& r = rows.back();
         r.fusion = name;
+        r.layers = layers;
         fmt::print("{:>5} {:>7} {:>8} | {:>10.1f} {:>9.2f} | fusions {}; {}\n", ab, actx, r.impl, r.tokens_per_s,
                    r.tokens_per_s > 0 ? 1e3 * double(ab) / r.tokens_per_s : 0.0, name, r.note);
         std::fflush(stdout);
       }
   }  // weights freed before the baseline runs
-  if (!a.no_baseline)
-    for (Row& r : run_baseline(c, a)) rows.push_back(r);
+  if (!a.no_baseline && !a.layers.empty())
+    fmt::print("# baseline: skipped (--layers runs truncated models; the baseline runs whole ones)\n");
+  else if (!a.no_baseline)
+    for (Row& r : run_baseline(c, a)) {
+      r.layers = c.n_layers;
+      rows.push_back(r);
+    }
 
-  std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> by;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::map<std::string, double>> by;  // (layers, batch, ctx)
   std::string base_name;
   std::vector<std::string> others;  // quest, streaming: a tokens/s column each, after adamas
   for (const Row& r : rows) {
     if (r.fusion != "all") continue;
-    if (r.tokens_per_s > 0) by[{r.batch, r.ctx}][r.impl] = r.tokens_per_s;
+    if (r.tokens_per_s > 0) by[{r.layers, r.batch, r.ctx}][r.impl] = r.tokens_per_s;
     const bool sparse = r.impl == "quest" || r.impl == "streaming";
     if (sparse && std::find(others.begin(), others.end(), r.impl) == others.end()) others.push_back(r.impl);
     if (r.impl != "full" && r.impl != "adamas" && !sparse) base_name = r.impl;
@@ -238,14 +293,18 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   auto num = [](double v, const char* f) { return v > 0 ? fmt::format(fmt::runtime(f), v) : std::string("-"); };
   fmt::print("\n== decode tokens/s, {} (random f16 weights), {}; baseline: {}\n", c.name, cuda::device_name(),
              base_name.empty() ? "none" : base_name);
+  const bool by_layers = !a.layers.empty();
+  if (by_layers) fmt::print("{:>6} ", "layers");
   fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}", "batch", "ctx", "full", "adamas", "baseline",
              "adamas/full", "full/base");
   for (const std::string& o : others) fmt::print(" | {:>9} {:>10}", o, o + "/full");
   fmt::print("\n");
   nlohmann::json out = nlohmann::json::array();
   for (const auto& [key, m] : by) {
+    const auto& [layers, batch, ctx] = key;
     const double f = get(m, "full"), s = get(m, "adamas"), b = base_name.empty() ? 0 : get(m, base_name);
-    fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}", key.first, key.second, num(f, "{:.1f}"),
+    if (by_layers) fmt::print("{:>6} ", layers);
+    fmt::print("{:>5} {:>7} | {:>9} {:>9} {:>9} | {:>12} {:>10}", batch, ctx, num(f, "{:.1f}"),
                num(s, "{:.1f}"), num(b, "{:.1f}"), num(f > 0 && s > 0 ? s / f : 0, "{:.2f}x"),
                num(f > 0 && b > 0 ? f / b : 0, "{:.2f}x"));
     for (const std::string& o : others) {
@@ -257,7 +316,8 @@ int bench_decode_cuda(const BenchDecodeArgs& a) {
   for (const Row& r : rows)
     out.push_back({{"shape", c.name}, {"batch", r.batch}, {"ctx", r.ctx}, {"impl", r.impl},
                    {"tokens_per_s", r.tokens_per_s}, {"budget", a.budget}, {"note", r.note},
-                   {"fusion", r.fusion}});
+                   {"fusion", r.fusion}, {"layers", r.layers}});
+  if (counts.size() >= 2) print_extrapolation(c, counts, rows, out);
   if (!a.json.empty()) write_json(a.json, out);
   return 0;
 }
