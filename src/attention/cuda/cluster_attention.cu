@@ -164,58 +164,55 @@ __device__ __forceinline__ uint32_t inbox_cum(const CountSpan* spans, const uint
   return spans[c * stride].at(in_row + c * stride * pitch, j);
 }
 
-// Block-wide, once the C blocks' counts have landed in this block's inbox (block c's row r: spans[c * R + r], entries
-// at cin + (c * R + r) * pitch): each row's cut-off into cuts[r]. The cut: the smallest bin c with tot[c + 1] >= need,
-// tot[j] = sum_c cum_c[j] (need == 0: bin 0, none of its ties), the CPU's rule (select.cu find_cut); no such bin (the
-// middle is not larger than need): every middle token is kept (nb). Only the union of the spans [ulo, uhi) varies
-// (tot is 0 below it and the middle's size from its end), so only those totals are summed, into tot (R rows of
-// bins), and every bin there tests itself. (v9-v10.2: a cluster barrier, then one warp per row searched 32 ways with
-// C remote loads per probe: ~1.2 us at MHA 32K and ~2 us at GQA with local loads, a chain of dependent loads; summing
-// every bin instead of the union: ~4 us at per-head GQA 32K, NOTES v11.) Used for one row per block (MHA, shared GQA).
-template <int R>
-__device__ __forceinline__ void block_cuts(const CountSpan* spans, const uint16_t* cin, int pitch, int bins, int C,
-                                           int64_t need, uint32_t* tot, int* cuts) {
-  __shared__ int ulo[R], uhi[R];
-  __shared__ uint32_t mid[R];
-  if (threadIdx.x < R) {
-    const int r = threadIdx.x;
+// Block-wide, for a block of one selection row (MHA, shared GQA), once the C blocks' counts of the row have landed in
+// its inbox (block c's: spans[c], entries at cin + c * pitch): the row's cut-off. The cut: the smallest bin c with
+// tot[c + 1] >= need, tot[j] = sum_c cum_c[j] (need == 0: bin 0, none of its ties), the CPU's rule (select.cu
+// find_cut); no such bin (the middle is not larger than need): every middle token is kept (nb). Only the union of the
+// spans [ulo, uhi) varies (tot is 0 below it and the middle's size from its end), so only those totals are summed, into
+// tot (bins entries), and every bin there tests itself. (v9-v10.2: a cluster barrier, then one warp searched 32 ways
+// with C remote loads per probe: ~1.2 us at MHA 32K and ~2 us at GQA with local loads, a chain of dependent loads;
+// summing every bin instead of the union: ~4 us at per-head GQA 32K, NOTES v11.) Per-head GQA (R rows per block)
+// takes search_cut: this form over its rows was ~2 us slower there. Every thread of the block calls it.
+__device__ __forceinline__ int block_cut(const CountSpan* spans, const uint16_t* cin, int pitch, int bins, int C,
+                                         int64_t need, uint32_t* tot) {
+  __shared__ int ulo, uhi, cut;
+  __shared__ uint32_t mid;
+  if (threadIdx.x == 0) {
     int lo = bins, hi = 0;
     uint32_t m = 0;
     for (int c = 0; c < C; ++c) {
-      const CountSpan sp = spans[c * R + r];
+      const CountSpan sp = spans[c];
       m += sp.total;
       if (sp.total > 0) lo = min(lo, sp.lo()), hi = max(hi, sp.hi());
     }
-    ulo[r] = lo, uhi[r] = hi, mid[r] = m;
-    cuts[r] = need == 0 ? 0 : int64_t(m) < need ? bins - 1 : -1;  // -1: found below
+    ulo = lo, uhi = hi, mid = m;
+    cut = need == 0 ? 0 : int64_t(m) < need ? bins - 1 : -1;  // -1: found below
   }
   __syncthreads();
-  uint32_t todo = 0;  // rows whose cut is searched (read before any thread writes a cut below)
-#pragma unroll
-  for (int r = 0; r < R; ++r) todo |= uint32_t(cuts[r] < 0) << r;
-#pragma unroll 1
-  for (int r = 0; r < R; ++r) {
-    if (!(todo >> r & 1u)) continue;
-    for (int j = ulo[r] + int(threadIdx.x); j < uhi[r]; j += kThreads) {
+  // All four read here, before any thread writes the cut below (ptxas packs them into one 16-byte word: a vector load
+  // of ulo, uhi and mid after the second barrier also read the cut as another thread wrote it, a racecheck hazard).
+  const int lo = ulo, hi = uhi;
+  const uint32_t m = mid;
+  const bool search = cut < 0;
+  if (search)
+    for (int j = lo + int(threadIdx.x); j < hi; j += kThreads) {
       uint32_t t = 0;
-      for (int c = 0; c < C; ++c) t += inbox_cum(spans + r, cin + r * pitch, R, pitch, c, j);
-      tot[r * bins + j] = t;
+      for (int c = 0; c < C; ++c) t += inbox_cum(spans, cin, 1, pitch, c, j);
+      tot[j] = t;
     }
-  }
   __syncthreads();
-#pragma unroll 1
-  for (int r = 0; r < R; ++r) {
-    if (!(todo >> r & 1u)) continue;
-    const int lo = ulo[r], hi = uhi[r];
-    auto total_at = [&](int j) { return j < lo ? 0u : j >= hi ? mid[r] : tot[r * bins + j]; };
+  if (search) {
+    auto total_at = [&](int j) { return j < lo ? 0u : j >= hi ? m : tot[j]; };
     // need > 0 here, and the middle holds at least need: exactly one bin j in [max(1, lo), hi] qualifies.
     for (int j = max(1, lo) + int(threadIdx.x); j <= hi; j += kThreads)
-      if (int64_t(total_at(j)) >= need && int64_t(total_at(j - 1)) < need) cuts[r] = j - 1;
+      if (int64_t(total_at(j)) >= need && int64_t(total_at(j - 1)) < need) cut = j - 1;
   }
+  __syncthreads();
+  return cut;
 }
 
 // Warp-wide, the same cut for one row by a 32-way search over the totals (C loads per probe): per-head GQA takes this,
-// where block_cuts over its R = G rows was ~2 us slower (NOTES v11).
+// where block_cut's form over its R = G rows was ~2 us slower (NOTES v11).
 __device__ __forceinline__ int search_cut(const CountSpan* spans, const uint16_t* in_row, int stride, int pitch,
                                           int bins, int C, int64_t need) {
   const int lane = threadIdx.x & 31, nb = bins - 1;
@@ -241,7 +238,7 @@ __device__ __forceinline__ int search_cut(const CountSpan* spans, const uint16_t
 }
 
 // Warp-wide, given a row's cut: this block's prefix of kept and tie tokens in the row, and its number of selected
-// tokens (the C blocks' counts of the row as in block_cuts: spans[c * stride], entries at in_row + c * stride * pitch).
+// tokens (the C blocks' counts of the row as in block_cut: spans[c * stride], entries at in_row + c * stride * pitch).
 __device__ __forceinline__ RowCut row_cut(int cut, const CountSpan* spans, const uint16_t* in_row, int stride,
                                           int pitch, int bins, int C, int rank, int64_t need, int64_t forced_pre,
                                           int64_t forced_own, int len) {
@@ -759,14 +756,13 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_kernel(const __grid_const
   const int64_t need = max(int64_t(0), int64_t(p.budget) - s0 - (n - tail));
   const int64_t f_pre = forced_before(t_begin, s0, tail);
   const int64_t f_own = forced_before(t_begin + len, s0, tail) - f_pre;
-  __shared__ int cuts[R];
+  int cut1 = 0;  // one row per block: the cut, found by the whole block
   if constexpr (R == 1) {
-    __syncthreads();  // every thread's pushes have read cum: block_cuts writes the totals over it
-    block_cuts<R>(spans, cin, pitch, p.bins, C, need, cum, cuts);
-    __syncthreads();
+    __syncthreads();  // every thread's pushes have read cum: block_cut writes the totals over it
+    cut1 = block_cut(spans, cin, pitch, p.bins, C, need, cum);
   }
   if (warp < R) {
-    const int cut = R == 1 ? cuts[0] : search_cut(spans + warp, cin + warp * pitch, R, pitch, p.bins, C, need);
+    const int cut = R == 1 ? cut1 : search_cut(spans + warp, cin + warp * pitch, R, pitch, p.bins, C, need);
     const RowCut rc = row_cut(cut, spans + warp, cin + warp * pitch, R, pitch, p.bins, C, rank, need, f_pre, f_own, len);
     if ((tid & 31) == 0) rcs[warp] = rc;
   }
