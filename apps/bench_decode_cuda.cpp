@@ -197,7 +197,11 @@ void print_extrapolation(const ModelConfig& c, const std::vector<int64_t>& count
   std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> predicted;  // (batch, ctx) -> impl -> tok/s
   for (const auto& [key, by_count] : ms) {
     const auto& [batch, ctx, impl] = key;
-    if (!by_count.count(la) || !by_count.count(lb)) continue;
+    if (!by_count.count(la) || !by_count.count(lb)) {
+      fmt::print("{:>5} {:>7} {:>8} | not extrapolated: no time at {} and {} layers (see the rows above)\n", batch, ctx,
+                 impl, la, lb);
+      continue;
+    }
     const double per_layer = (by_count.at(lb) - by_count.at(la)) / double(lb - la);
     auto at = [&](int64_t l) { return by_count.at(lb) + double(l - lb) * per_layer; };
     std::string check;
