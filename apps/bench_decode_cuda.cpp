@@ -133,8 +133,8 @@ Row measure(const gpu::GpuModel& model, Method m, int64_t budget, int64_t dense_
     }
     r.tokens_per_s = median(tps);
     r.note = fmt::format("graph steps {} ({} instantiated anew), eager {}, host {:.0f} us/step, cache {:.1f} GiB{}",
-                         e.graph_steps(), e.graph_rebuilds(), e.eager_steps(), e.host_us_per_step(), double(e.cache_bytes()) / double(1 << 30),
-                         o.paged ? " paged" : "");
+                         e.graph_steps(), e.graph_rebuilds(), e.eager_steps(), e.host_us_per_step(),
+                         double(e.cache_bytes()) / double(1 << 30), o.paged ? " paged" : "");
     if (o.profile) r.note += "; " + profile_line(e.profile());
     if (!e.gemm_tuning().empty()) r.note += "; cuBLASLt " + e.gemm_tuning();
   } catch (const Error& err) {
@@ -188,7 +188,8 @@ void print_extrapolation(const ModelConfig& c, const std::vector<int64_t>& count
   const int64_t la = counts[0], lb = counts[1];
   std::map<std::tuple<int64_t, int64_t, std::string>, std::map<int64_t, double>> ms;  // (batch, ctx, impl) -> layers
   for (const Row& r : rows)
-    if (r.fusion == "all" && r.tokens_per_s > 0) ms[{r.batch, r.ctx, r.impl}][r.layers] = 1e3 * double(r.batch) / r.tokens_per_s;
+    if (r.fusion == "all" && r.tokens_per_s > 0)
+      ms[{r.batch, r.ctx, r.impl}][r.layers] = 1e3 * double(r.batch) / r.tokens_per_s;
   fmt::print("\n== EXTRAPOLATED to {} layers ({}): ms/step(L) = ms({}) + (L - {}) x (ms({}) - ms({})) / {}; "
              "measured counts beyond {} are the model's check\n", c.n_layers, c.name, la, la, lb, la, lb - la, lb);
   fmt::print("{:>5} {:>7} {:>8} | {:>9} {:>9} {:>9} | {:>24} | {:>11} {:>10}\n", "batch", "ctx", "attn",
