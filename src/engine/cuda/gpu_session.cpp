@@ -452,21 +452,17 @@ void GpuEngine::run_step(int64_t step, int64_t batch) {
   }
   check(cudaStreamEndCapture(stream_, &graph), "graph capture");
   const int k = int(graph_steps_ % 2);
-  // An update keeps the instantiated cluster sizes (cuda_attention.h): a step whose attention launches clusters of
-  // other sizes (the selection's cluster size follows the batch and the longest sequence) is instantiated anew.
   const uint64_t cluster_key = cuda::take_cluster_launch_key();
-  if (exec_[k] && exec_cluster_key_[k] != cluster_key) {
-    check(cudaEventSynchronize(done_[k]), "graph reuse");
-    cudaGraphExecDestroy(exec_[k]);
-    exec_[k] = nullptr;
-    ++graph_rebuilds_;
-  }
   if (exec_[k]) {
     const auto w0 = std::chrono::steady_clock::now();
     check(cudaEventSynchronize(done_[k]), "graph reuse");  // its previous launch has finished
     host_us_ -= std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - w0).count();
+    // An update keeps the instantiated cluster sizes (cuda_attention.h): a step whose attention launches clusters of
+    // other sizes (the selection's cluster size follows the batch and the longest sequence) is instantiated anew.
+    const bool same_clusters = exec_cluster_key_[k] == cluster_key;
+    graph_rebuilds_ += !same_clusters;
     cudaGraphExecUpdateResultInfo info{};
-    if (cudaGraphExecUpdate(exec_[k], graph, &info) != cudaSuccess) {
+    if (!same_clusters || cudaGraphExecUpdate(exec_[k], graph, &info) != cudaSuccess) {
       (void)cudaGetLastError();
       cudaGraphExecDestroy(exec_[k]);
       exec_[k] = nullptr;
